@@ -1,0 +1,120 @@
+"""params.yaml loading: the `base` group plus one group per paper, resolved for one profile.
+
+Each paper group has `profiles.<profile>.<table>` blocks that spell out every setting of a
+table for that profile (no inheritance beyond a table's `settings` overrides), so one run's
+configuration is readable in one place.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from common.errors import ConfigError
+
+PROFILES = ("smoke", "cpu", "paper")
+DEFAULT_PARAMS = Path("params.yaml")
+
+BASE_SCHEMA: dict[str, type | tuple[type, ...]] = {
+    "profile": str,
+    "data_mirror": (str, type(None)),
+    "tracking_uri": str,
+    "results_dir": str,
+    "splits_dir": str,
+    "runner": dict,
+}
+RUNNER_SCHEMA: dict[str, type | tuple[type, ...]] = {
+    "backend": str,
+    "workers": int,
+    "threads_per_worker": int,
+}
+RUNNER_BACKENDS = ("local",)
+
+
+def load_params(path: str | os.PathLike = DEFAULT_PARAMS) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: params file not found (run from the repository root or pass --params)")
+    try:
+        params = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(params, dict) or "base" not in params:
+        raise ConfigError(f"{path}: expected a mapping with a `base` group")
+    validate_base(params["base"], str(path))
+    return params
+
+
+def _check_types(block: dict, schema: dict, where: str) -> None:
+    if not isinstance(block, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(block).__name__}")
+    for key, expected in schema.items():
+        if key not in block:
+            raise ConfigError(f"{where}.{key}: missing (expected {_type_names(expected)})")
+        value = block[key]
+        if isinstance(value, bool) and expected in (int, float):
+            raise ConfigError(f"{where}.{key}: expected {_type_names(expected)}, got bool {value!r}")
+        if not isinstance(value, expected):
+            raise ConfigError(
+                f"{where}.{key}: expected {_type_names(expected)}, got {type(value).__name__} {value!r}")
+    unknown = sorted(set(block) - set(schema))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(schema)}")
+
+
+def _type_names(expected) -> str:
+    types = expected if isinstance(expected, tuple) else (expected,)
+    return " or ".join("null" if t is type(None) else t.__name__ for t in types)
+
+
+def validate_base(base: dict, where: str = "params.yaml") -> None:
+    _check_types(base, BASE_SCHEMA, f"{where}: base")
+    check_profile(base["profile"], f"{where}: base.profile")
+    _check_types(base["runner"], RUNNER_SCHEMA, f"{where}: base.runner")
+    if base["runner"]["backend"] not in RUNNER_BACKENDS:
+        raise ConfigError(f"{where}: base.runner.backend: unknown backend {base['runner']['backend']!r}; "
+                          f"expected one of {list(RUNNER_BACKENDS)}")
+    if base["runner"]["workers"] < 1:
+        raise ConfigError(f"{where}: base.runner.workers: expected >= 1, got {base['runner']['workers']}")
+
+
+def check_profile(profile: str, where: str = "profile") -> str:
+    if profile not in PROFILES:
+        raise ConfigError(f"{where}: unknown profile {profile!r}; expected one of {list(PROFILES)}")
+    return profile
+
+
+def paper_profile(params: dict, paper: str, profile: str) -> dict[str, Any]:
+    """The `<paper>.profiles.<profile>` block: one mapping per table."""
+    check_profile(profile)
+    if paper not in params:
+        known = sorted(k for k in params if k != "base")
+        raise ConfigError(f"params.yaml: unknown paper {paper!r}; known papers: {known}")
+    profiles = params[paper].get("profiles", {})
+    if profile not in profiles:
+        raise ConfigError(f"params.yaml: {paper}.profiles has no {profile!r} block; has {sorted(profiles)}")
+    return profiles[profile]
+
+
+def table_config(params: dict, paper: str, profile: str, table: str) -> dict[str, Any]:
+    tables = paper_profile(params, paper, profile)
+    if table not in tables:
+        raise ConfigError(f"params.yaml: unknown table {table!r} for {paper} profile {profile!r}; "
+                          f"known tables: {sorted(tables)}")
+    return copy.deepcopy(tables[table])
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """Stable short hash of a run configuration (canonical JSON, sorted keys)."""
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def data_mirror(base: dict) -> str | None:
+    """Mirror root: `base.data_mirror` if set, else $REPRO_DATA_MIRROR, else None (download)."""
+    return base.get("data_mirror") or os.environ.get("REPRO_DATA_MIRROR") or None

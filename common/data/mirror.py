@@ -1,0 +1,49 @@
+"""Locate raw files in the data mirror ($REPRO_DATA_MIRROR) and verify their sha256."""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from common.errors import DataError
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_file(path: Path, expected_sha256: str) -> Path:
+    if not path.exists():
+        raise DataError(f"{path}: file missing from the data mirror")
+    actual = sha256_file(path)
+    if actual != expected_sha256:
+        raise DataError(f"{path}: checksum mismatch (sha256 {actual}, expected {expected_sha256}); "
+                        "the file is corrupt or not the published version: replace it from the "
+                        "official source or unset REPRO_DATA_MIRROR to download")
+    return path
+
+
+def cache_dir() -> Path:
+    """Where decoded arrays and downloads are cached ($REPRO_CACHE_DIR, default ~/.cache/repro)."""
+    root = Path(os.environ.get("REPRO_CACHE_DIR", Path.home() / ".cache" / "repro"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.save(handle, array)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,97 @@
+"""Deterministic per-class subsampling, as the hu19 official code does it.
+
+The official code seeds Python's `random` once (data seed 159), then for each class in order
+shuffles that class's examples (in dataset order) and keeps the first k; the train draw comes
+first, then the dev draw from the same stream. Shuffling a list of indices consumes the
+generator exactly as shuffling the examples does, so the subsets here equal the official ones.
+
+Protocols: `fixed` uses the data seed for every run (the paper); `per_seed` uses
+data_seed + seed, so the subset varies with the run seed (seed 0 equals `fixed`).
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from common.errors import ConfigError, DataError
+from common.results import write_json_atomic
+
+PROTOCOLS = ("fixed", "per_seed")
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """What to draw: per-class train counts from the train pool, dev counts from the dev pool."""
+
+    dataset: str
+    classes: tuple[int, ...]
+    train_counts: tuple[int, ...]          # one count per class in `classes`
+    dev_per_class: int
+    dev_pool_size: int                     # the dev pool is the last `dev_pool_size` train examples
+    test_limit: int | None = None          # keep only the first n filtered test examples (smoke)
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self):
+        if len(self.classes) != len(self.train_counts):
+            raise ConfigError(f"split {self.dataset}: classes {self.classes} and train_counts "
+                              f"{self.train_counts} differ in length")
+
+
+def split_data_seed(protocol: str, data_seed: int, seed: int) -> int:
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"protocol: unknown {protocol!r}; expected one of {list(PROTOCOLS)}")
+    return data_seed if protocol == "fixed" else data_seed + seed
+
+
+def _draw(labels: np.ndarray, pool: np.ndarray, classes, counts, rng: random.Random) -> list[int]:
+    picked: list[int] = []
+    for cls, k in zip(classes, counts):
+        members = [int(i) for i in pool[labels[pool] == cls]]
+        if k > len(members):
+            raise DataError(f"class {cls}: asked for {k} examples but the pool has {len(members)}")
+        rng.shuffle(members)
+        picked.extend(members[:k])
+    return picked
+
+
+def make_split(train_labels: np.ndarray, test_labels: np.ndarray, spec: SplitSpec, data_seed: int) -> dict:
+    """Indices into the official train/test arrays: {'train', 'dev', 'test'}."""
+    n = len(train_labels)
+    train_pool = np.arange(n - spec.dev_pool_size)
+    dev_pool = np.arange(n - spec.dev_pool_size, n)
+    rng = random.Random(data_seed)
+    train = _draw(train_labels, train_pool, spec.classes, spec.train_counts, rng)
+    dev = _draw(train_labels, dev_pool, spec.classes, [spec.dev_per_class] * len(spec.classes), rng)
+    test = [int(i) for i in np.flatnonzero(np.isin(test_labels, spec.classes))]
+    if spec.test_limit is not None:
+        test = test[: spec.test_limit]
+    return {"train": train, "dev": dev, "test": test}
+
+
+def split_record(spec: SplitSpec, data_seed: int, split: dict) -> dict:
+    spec_dict = asdict(spec)
+    spec_dict.pop("extra")
+    record = {"spec": spec_dict, "data_seed": data_seed, "counts": {k: len(v) for k, v in split.items()}, **split}
+    return json.loads(json.dumps(record))  # the form it has once saved (tuples -> lists)
+
+
+def load_or_make_split(path: Path | None, train_labels, test_labels, spec: SplitSpec, data_seed: int) -> dict:
+    """Read a prepared index file if it matches the spec, else draw the split (and save it)."""
+    record = split_record(spec, data_seed, make_split(train_labels, test_labels, spec, data_seed))
+    if path is None:
+        return record
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: corrupt split index file ({exc}); delete it to re-create") from exc
+        if saved != record:
+            raise DataError(f"{path}: prepared split differs from the one drawn now for the same spec "
+                            "and data seed; delete it (and re-run prepare) if the spec changed on purpose")
+        return saved
+    write_json_atomic(path, record)
+    return record

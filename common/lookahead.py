@@ -1,0 +1,216 @@
+"""Functional one-step lookahead: the meta-gradient of the dev loss w.r.t. per-example weights.
+
+hu19 (Hu et al. 2019) Eq. 7-8 with the weighting reward of Eq. 11-12, and Ren et al. (2018):
+each training example i would move the parameters by the optimizer step Delta_i it causes alone
+(same optimizer state, same hyperparameters). The lookahead is
+
+    theta'(w) = theta + sum_i w_i Delta_i                                   (Eq. 7, weighted)
+    d L_dev(theta'(w)) / d w_i = < grad L_dev(theta'), Delta_i >            (Eq. 8)
+
+Delta_i does not depend on w, so this is the exact derivative. Batched instead of a loop:
+
+* SGD + momentum mu + L2 weight decay lambda (torch.optim.SGD): Delta_i = -lr (mu m + lambda theta
+  + g_i), linear in the per-example gradient g_i, so sum_i w_i g_i is one backward of the weighted
+  loss and the per-example inner products <G, g_i> are one forward-mode pass (jvp) in direction G.
+* Adam/AdamW: Delta_i is elementwise non-linear in g_i, so per-example gradients come from
+  torch.func.vmap(grad) and Delta_i uses the current moments and bias correction.
+
+Models are called through torch.func.functional_call in whatever train/eval mode the caller set
+(the hu19 official code computes the meta step in eval mode).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad, jvp, vmap
+
+ParamDict = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class SGDHyper:
+    lr: float
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class AdamHyper:
+    lr: float
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    decoupled: bool = False        # AdamW-style decay (theta <- theta - lr*lambda*theta)
+    bias_correction: bool = True
+
+
+def trainable_params(model: nn.Module) -> ParamDict:
+    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def model_buffers(model: nn.Module) -> ParamDict:
+    return {name: b for name, b in model.named_buffers()}
+
+
+def per_example_losses(model: nn.Module, params: ParamDict, buffers: ParamDict, x: Tensor, y: Tensor) -> Tensor:
+    logits = functional_call(model, (params, buffers), (x,))
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+def dev_loss_grad(model, params: ParamDict, buffers: ParamDict, dev_x: Tensor, dev_y: Tensor) -> tuple[Tensor, ParamDict]:
+    """Mean dev cross-entropy at `params` and its gradient G."""
+    names = list(params)
+    leaves = [params[n].detach().requires_grad_(True) for n in names]
+    loss = per_example_losses(model, dict(zip(names, leaves)), buffers, dev_x, dev_y).mean()
+    grads = torch.autograd.grad(loss, leaves)
+    return loss.detach(), dict(zip(names, grads))
+
+
+def _dot(a: ParamDict, b: ParamDict) -> Tensor:
+    return sum((a[n] * b[n]).sum() for n in a)
+
+
+def sgd_optimizer_state(optimizer: torch.optim.SGD, model: nn.Module) -> ParamDict:
+    """Momentum buffers by parameter name (zeros before the first step, as torch's SGD behaves)."""
+    state = {}
+    for name, p in model.named_parameters():
+        buf = optimizer.state.get(p, {}).get("momentum_buffer")
+        state[name] = torch.zeros_like(p) if buf is None else buf.detach()
+    return state
+
+
+def adam_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module) -> tuple[ParamDict, ParamDict, int]:
+    """(exp_avg, exp_avg_sq, steps taken) by parameter name, zeros before the first step."""
+    m, v, step = {}, {}, 0
+    for name, p in model.named_parameters():
+        st = optimizer.state.get(p, {})
+        m[name] = st["exp_avg"].detach() if "exp_avg" in st else torch.zeros_like(p)
+        v[name] = st["exp_avg_sq"].detach() if "exp_avg_sq" in st else torch.zeros_like(p)
+        if "step" in st:
+            step = int(st["step"])
+    return m, v, step
+
+
+def sgd_meta_gradient(model: nn.Module, params: ParamDict, buffers: ParamDict, x: Tensor, y: Tensor,
+                      dev_x: Tensor, dev_y: Tensor, w: Tensor, momentum_buf: ParamDict,
+                      hp: SGDHyper) -> Tensor:
+    """d L_dev(theta + sum_i w_i Delta_i) / d w for SGD deltas (Eq. 8), shape [B]."""
+    names = list(params)
+    theta = [params[n] for n in names]
+    momentum = [momentum_buf[n] for n in names]
+    if bool((w != 0).any()):
+        leaves = [t.detach().requires_grad_(True) for t in theta]
+        weighted = (w.detach() * per_example_losses(model, dict(zip(names, leaves)), buffers, x, y)).sum()
+        sum_g = torch.autograd.grad(weighted, leaves)
+        total_w = float(w.detach().sum())
+        # theta' = theta - lr * (S * (mu m + lambda theta) + sum_i w_i g_i), S = sum_i w_i (fused, in place)
+        ahead = torch._foreach_mul(theta, 1.0 - hp.lr * total_w * hp.weight_decay)
+        torch._foreach_add_(ahead, momentum, alpha=-hp.lr * total_w * hp.momentum)
+        torch._foreach_add_(ahead, list(sum_g), alpha=-hp.lr)
+        lookahead = dict(zip(names, ahead))
+    else:
+        lookahead = params
+    _, g_dev = dev_loss_grad(model, lookahead, buffers, dev_x, dev_y)
+    # <G, mu m + lambda theta>: the part of every Delta_i that does not depend on the example.
+    shared = sum(hp.momentum * torch.vdot(g_dev[n].flatten(), momentum_buf[n].flatten())
+                 + hp.weight_decay * torch.vdot(g_dev[n].flatten(), params[n].flatten()) for n in names)
+    # <G, g_i> for every i at once: the directional derivative of each example's loss along G.
+    _, dots = jvp(lambda p: per_example_losses(model, p, buffers, x, y), (params,), (g_dev,))
+    return -hp.lr * (shared + dots.detach())
+
+
+def per_example_grads(model: nn.Module, params: ParamDict, buffers: ParamDict, x: Tensor, y: Tensor) -> ParamDict:
+    """Per-example gradients {name: [B, *shape]} by vmap over a single-example loss."""
+    def one(p, xi, yi):
+        return per_example_losses(model, p, buffers, xi.unsqueeze(0), yi.unsqueeze(0)).squeeze(0)
+
+    return vmap(grad(one), in_dims=(None, 0, 0))(params, x, y)
+
+
+def adam_deltas(params: ParamDict, grads: ParamDict, exp_avg: ParamDict, exp_avg_sq: ParamDict, step: int,
+                hp: AdamHyper) -> ParamDict:
+    """Delta_i: the Adam/AdamW update each example alone would cause from the current state."""
+    b1, b2 = hp.betas
+    t = step + 1
+    bc1 = 1 - b1 ** t if hp.bias_correction else 1.0
+    bc2 = 1 - b2 ** t if hp.bias_correction else 1.0
+    deltas = {}
+    for n, g in grads.items():
+        p = params[n]
+        if hp.weight_decay and not hp.decoupled:
+            g = g + hp.weight_decay * p
+        m = b1 * exp_avg[n] + (1 - b1) * g
+        v = b2 * exp_avg_sq[n] + (1 - b2) * g * g
+        delta = -(hp.lr / bc1) * m / ((v / bc2).sqrt() + hp.eps)
+        if hp.weight_decay and hp.decoupled:
+            delta = delta - hp.lr * hp.weight_decay * p
+        deltas[n] = delta
+    return deltas
+
+
+def adam_meta_gradient(model: nn.Module, params: ParamDict, buffers: ParamDict, x: Tensor, y: Tensor,
+                       dev_x: Tensor, dev_y: Tensor, w: Tensor, state: tuple[ParamDict, ParamDict, int],
+                       hp: AdamHyper) -> Tensor:
+    """d L_dev(theta + sum_i w_i Delta_i) / d w for Adam deltas (Eq. 8), shape [B]."""
+    exp_avg, exp_avg_sq, step = state
+    deltas = adam_deltas(params, per_example_grads(model, params, buffers, x, y), exp_avg, exp_avg_sq, step, hp)
+    w = w.detach()
+    lookahead = {n: params[n] + torch.tensordot(w, d, dims=1) for n, d in deltas.items()}
+    _, g_dev = dev_loss_grad(model, lookahead, buffers, dev_x, dev_y)
+    return sum((d * g_dev[n]).flatten(1).sum(1) for n, d in deltas.items())
+
+
+def reference_meta_gradient(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
+                            dev_x: Tensor, dev_y: Tensor, w: Tensor) -> Tensor:
+    """Per-example loop as the official code: copy model+optimizer, step on example i alone,
+    Delta_i = theta_new - theta; then autograd through theta + sum_i w_i Delta_i. For tests and
+    benchmarks (slow, exact)."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    params = trainable_params(model)
+    buffers = {n: b.clone() for n, b in model_buffers(model).items()}
+    deltas = []
+    for i in range(len(x)):
+        twin = copy.deepcopy(model)
+        twin_opt = type(optimizer)(twin.parameters(), lr=optimizer.defaults["lr"])
+        # deepcopy: load_state_dict may alias the live optimizer's state tensors.
+        twin_opt.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+        twin_opt.zero_grad()
+        F.cross_entropy(twin(x[i:i + 1]), y[i:i + 1]).backward()
+        twin_opt.step()
+        new = dict(twin.named_parameters())
+        deltas.append({n: new[n].detach() - params[n] for n in names})
+    w = w.detach().clone().requires_grad_(True)
+    lookahead = {n: params[n] + sum(w[i] * deltas[i][n] for i in range(len(x))) for n in names}
+    loss = per_example_losses(model, lookahead, buffers, dev_x, dev_y).mean()
+    return torch.autograd.grad(loss, w)[0]
+
+
+def lookahead_meta_gradient(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
+                            dev_x: Tensor, dev_y: Tensor, w: Tensor, *, eval_mode: bool = True) -> Tensor:
+    """dL_dev/dw for the optimizer in use (SGD, Adam or AdamW, one parameter group), computed in
+    eval mode by default (BatchNorm running statistics, as the hu19 official code)."""
+    if len(optimizer.param_groups) != 1:
+        raise ValueError("lookahead_meta_gradient supports one optimizer parameter group")
+    group = optimizer.param_groups[0]
+    was_training = model.training
+    model.train(not eval_mode)
+    try:
+        params, buffers = trainable_params(model), model_buffers(model)
+        if isinstance(optimizer, torch.optim.SGD):
+            if group.get("nesterov") or group.get("dampening"):
+                raise ValueError("SGD lookahead supports dampening=0, nesterov=False")
+            hp = SGDHyper(group["lr"], group["momentum"], group["weight_decay"])
+            return sgd_meta_gradient(model, params, buffers, x, y, dev_x, dev_y, w,
+                                     sgd_optimizer_state(optimizer, model), hp)
+        if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+            hp = AdamHyper(group["lr"], tuple(group["betas"]), group["eps"], group["weight_decay"],
+                           decoupled=isinstance(optimizer, torch.optim.AdamW))
+            return adam_meta_gradient(model, params, buffers, x, y, dev_x, dev_y, w,
+                                      adam_optimizer_state(optimizer, model), hp)
+        raise ValueError(f"no lookahead for optimizer {type(optimizer).__name__}")
+    finally:
+        model.train(was_training)

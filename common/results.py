@@ -1,0 +1,98 @@
+"""One small JSON per run: the unit of caching, resumption and reporting.
+
+Layout: <results_dir>/<profile>/<paper>/<table>/<setting>/<method>/seed<k>.json.
+Writes are atomic (temp file + rename, or hard link for create-only); a finished result is
+never overwritten silently: an existing file with another config hash is a conflict.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from common.errors import ResultConflictError
+
+REQUIRED_KEYS = ("paper", "table", "setting", "method", "seed", "profile", "config_hash", "git_sha",
+                 "metrics", "wall_s", "finished_at")
+
+
+def write_json_atomic(path: Path, payload: Any, *, exclusive: bool = False) -> bool:
+    """Write JSON atomically. With `exclusive`, never replace an existing file (returns False then)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(payload, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        if exclusive:
+            try:
+                os.link(tmp, path)  # atomic create-if-absent
+            except FileExistsError:
+                return False
+        else:
+            os.replace(tmp, path)
+        return True
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class RunKey:
+    paper: str
+    table: str
+    setting: str
+    method: str
+    seed: int
+
+    def path(self, results_dir: Path, profile: str) -> Path:
+        return (Path(results_dir) / profile / self.paper / self.table / self.setting / self.method
+                / f"seed{self.seed}.json")
+
+    def label(self) -> str:
+        return f"{self.paper}/{self.table}/{self.setting}/{self.method}/seed{self.seed}"
+
+
+def read_result(path: Path) -> dict | None:
+    """A finished result, or None if the file is absent. Unreadable files raise with the path."""
+    if not path.exists():
+        return None
+    try:
+        result = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ResultConflictError(f"{path}: corrupt result file ({exc}); move it away to re-run") from exc
+    missing = [k for k in REQUIRED_KEYS if k not in result]
+    if missing:
+        raise ResultConflictError(f"{path}: result file lacks keys {missing}; move it away to re-run")
+    return result
+
+
+def result_status(path: Path, config_hash: str) -> str:
+    """'missing', 'done' (same config hash) or raises ResultConflictError (different hash)."""
+    result = read_result(path)
+    if result is None:
+        return "missing"
+    if result["config_hash"] != config_hash:
+        raise ResultConflictError(
+            f"{path}: exists with config_hash {result['config_hash']} but the current config hashes to "
+            f"{config_hash}; the finished result is kept. Re-run with --replace-changed to archive it "
+            "and run again, or restore the config that produced it")
+    return "done"
+
+
+def archive_result(path: Path) -> Path:
+    """Move a finished result aside (<name>.superseded-<hash>.json) before re-running it."""
+    result = read_result(path)
+    target = path.with_name(f"{path.stem}.superseded-{result['config_hash']}.json")
+    os.replace(path, target)
+    return target
+
+
+def collect_results(results_dir: Path, profile: str, paper: str) -> list[dict]:
+    root = Path(results_dir) / profile / paper
+    return [read_result(p) for p in sorted(root.glob("*/*/*/seed*.json")) if ".superseded-" not in p.name]

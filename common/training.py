@@ -1,0 +1,135 @@
+"""Training loop with per-epoch dev evaluation and test accuracy at the best-dev epoch.
+
+As the hu19 official code: optional pretrain epochs (plain training, not eligible for model
+selection), then `epochs` epochs; after each, dev accuracy; the test set is evaluated when dev
+accuracy strictly improves (epoch >= min_epochs), so the reported test accuracy is the one at the
+first best-dev epoch.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from common.errors import ReproError
+
+
+class NonFiniteError(ReproError):
+    """A loss or meta-gradient became NaN/inf."""
+
+
+@dataclass
+class Batch:
+    x: Tensor
+    y: Tensor
+    ids: Tensor           # positions in the training set (for persistent per-example state)
+
+
+@dataclass
+class ArrayData:
+    """In-memory tensors of one split."""
+
+    x: Tensor
+    y: Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
+        order = torch.randperm(len(self), generator=generator) if generator is not None else torch.arange(len(self))
+        for start in range(0, len(self), batch_size):
+            ids = order[start:start + batch_size]
+            yield Batch(self.x[ids], self.y[ids], ids)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, data: ArrayData, batch_size: int = 500) -> float:
+    """Top-1 accuracy in percent, eval mode."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for batch in data.batches(batch_size):
+        correct += int((model(batch.x).argmax(1) == batch.y).sum())
+    model.train(was_training)
+    return 100.0 * correct / max(len(data), 1)
+
+
+def check_finite(value: float | Tensor, what: str) -> None:
+    bad = not torch.isfinite(value).all() if isinstance(value, Tensor) else not math.isfinite(value)
+    if bad:
+        raise NonFiniteError(f"{what} is not finite (NaN/inf); the run stops here")
+
+
+@dataclass
+class FitResult:
+    best_dev_acc: float
+    test_acc: float
+    best_epoch: int                # 1-based epoch of the first best dev accuracy (0: none)
+    steps_at_best: int             # optimizer steps taken (after pretraining) at that epoch
+    history: list[dict] = field(default_factory=list)
+
+
+StepFn = Callable[[Batch], float]
+
+
+def fit_with_dev_selection(model: nn.Module, train: ArrayData, dev: ArrayData, test: ArrayData, *,
+                           batch_size: int, epochs: int, step: StepFn, seed_generator: torch.Generator,
+                           pretrain_epochs: int = 0, pretrain_step: StepFn | None = None,
+                           min_epochs: int = 0, on_epoch: Callable[[dict], None] | None = None) -> FitResult:
+    history: list[dict] = []
+
+    def run_epoch(fn: StepFn) -> tuple[float, int]:
+        losses = []
+        for batch in train.batches(batch_size, seed_generator):
+            loss = fn(batch)
+            check_finite(loss, "training loss")
+            losses.append(loss)
+        return sum(losses) / max(len(losses), 1), len(losses)
+
+    for epoch in range(1, pretrain_epochs + 1):
+        loss, _ = run_epoch(pretrain_step or step)
+        row = {"phase": "pretrain", "epoch": epoch, "train_loss": loss, "dev_acc": accuracy(model, dev)}
+        history.append(row)
+        if on_epoch:
+            on_epoch(row)
+
+    best_dev, test_acc, best_epoch, steps, steps_at_best = -1.0, float("nan"), 0, 0, 0
+    for epoch in range(1, epochs + 1):
+        loss, n_steps = run_epoch(step)
+        steps += n_steps
+        dev_acc = accuracy(model, dev)
+        row = {"phase": "train", "epoch": epoch, "train_loss": loss, "dev_acc": dev_acc}
+        if epoch > min_epochs and dev_acc > best_dev:
+            best_dev, best_epoch, steps_at_best = dev_acc, epoch, steps
+            test_acc = accuracy(model, test)
+            row["test_acc"] = test_acc
+        history.append(row)
+        if on_epoch:
+            on_epoch(row)
+    return FitResult(best_dev, test_acc, best_epoch, steps_at_best, history)
+
+
+def fit_fixed_steps(model: nn.Module, train: ArrayData, test: ArrayData, *, batch_size: int, total_steps: int,
+                    step: StepFn, seed_generator: torch.Generator,
+                    on_epoch: Callable[[dict], None] | None = None) -> FitResult:
+    """Train for exactly `total_steps` steps (epochs cut mid-way if needed), report final test accuracy."""
+    steps, epoch, history = 0, 0, []
+    while steps < total_steps:
+        epoch += 1
+        losses = []
+        for batch in train.batches(batch_size, seed_generator):
+            if steps >= total_steps:
+                break
+            loss = step(batch)
+            check_finite(loss, "training loss")
+            losses.append(loss)
+            steps += 1
+        row = {"phase": "train", "epoch": epoch, "train_loss": sum(losses) / max(len(losses), 1)}
+        history.append(row)
+        if on_epoch:
+            on_epoch(row)
+    test_acc = accuracy(model, test)
+    return FitResult(float("nan"), test_acc, epoch, steps, history)

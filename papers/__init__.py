@@ -1,0 +1,1 @@
+"""One package per replicated paper; papers import `common`, never each other."""

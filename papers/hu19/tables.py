@@ -1,0 +1,188 @@
+"""hu19 image tables as data: which settings and methods each table has, and how one run goes.
+
+Table 2: CIFAR-10 low data (40 train + 2 dev per class), ResNet-34, `pretrained` / `not_pretrained`.
+Table 4: imbalanced CIFAR-10, class 0 (minority 20/50/100) vs class 1 (1000), 10 dev per class,
+test set filtered to the two classes. Hyperparameters come from params.yaml (hu19.profiles).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from common.data import load_dataset
+from common.data.subsample import SplitSpec, load_or_make_split, split_data_seed
+from common.errors import ConfigError
+from common.models import build_image_model
+from common.training import ArrayData, fit_fixed_steps, fit_with_dev_selection
+from papers.hu19.weighting import WeightingConfig, WeightingMethod, weighted_step
+
+PAPER = "hu19"
+# Normalisation used by the official code (ToTensor + Normalize with these statistics).
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
+
+
+@dataclass(frozen=True)
+class TableDef:
+    settings: tuple[str, ...]
+    methods: tuple[str, ...]
+    title: str
+
+
+TABLES = {
+    "table2": TableDef(("pretrained", "not_pretrained"), ("base", "base_val", "ren", "ours_weight"),
+                       "CIFAR-10 low data (40+2 per class), data weighting"),
+    "table4": TableDef(("ratio_20", "ratio_50", "ratio_100"), ("base", "base_val", "proportion", "ren", "ours_weight"),
+                       "Imbalanced CIFAR-10 (class 0 minority vs class 1 x1000), data weighting"),
+}
+
+TABLE_KEYS = {"seeds", "dataset", "protocol", "data_seed", "arch", "batch_size", "epochs", "min_epochs", "lr",
+              "momentum", "weight_decay", "train_per_class", "dev_per_class", "dev_pool_size", "test_limit",
+              "classes", "methods", "weighting", "settings", "not_run"}
+WEIGHTING_KEYS = {"pretrain_epochs", "w_init", "w_decay", "norm", "softmax_temp"}
+SETTING_KEYS = {"pretrained", "minority", "w_decay"}
+
+
+def _check_keys(block: dict, allowed: set, where: str) -> None:
+    if not isinstance(block, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(block).__name__}")
+    unknown = sorted(set(block) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+
+
+def validate_table_config(table: str, cfg: dict, where: str) -> None:
+    if table not in TABLES:
+        raise ConfigError(f"{where}: unknown hu19 table {table!r}; known: {sorted(TABLES)}")
+    _check_keys(cfg, TABLE_KEYS, where)
+    for key, kind in (("seeds", int), ("batch_size", int), ("epochs", int), ("lr", float), ("arch", str)):
+        if key not in cfg:
+            raise ConfigError(f"{where}.{key}: missing")
+        if not isinstance(cfg[key], (int, float) if kind is float else kind) or isinstance(cfg[key], bool):
+            raise ConfigError(f"{where}.{key}: expected {kind.__name__}, got {cfg[key]!r}")
+    bad = [m for m in cfg.get("methods", []) if m not in TABLES[table].methods]
+    if bad:
+        raise ConfigError(f"{where}.methods: unknown method(s) {bad} for {table}; "
+                          f"expected a subset of {list(TABLES[table].methods)}")
+    _check_keys(cfg.get("weighting", {}), WEIGHTING_KEYS, f"{where}.weighting")
+    for name, override in cfg.get("settings", {}).items():
+        if name not in TABLES[table].settings:
+            raise ConfigError(f"{where}.settings: unknown setting {name!r} for {table}; "
+                              f"expected one of {list(TABLES[table].settings)}")
+        _check_keys(override, SETTING_KEYS, f"{where}.settings.{name}")
+
+
+def run_configs(table: str, cfg: dict, profile: str) -> list[dict[str, Any]]:
+    """Fully resolved config of every (setting, method, seed) run of a table."""
+    runs = []
+    for setting, override in cfg["settings"].items():
+        for method in cfg["methods"]:
+            for seed in range(cfg["seeds"]):
+                runs.append(run_config(table, setting, method, seed, cfg, override, profile))
+    return runs
+
+
+def run_config(table, setting, method, seed, cfg, override, profile) -> dict[str, Any]:
+    weighting = dict(cfg.get("weighting", {}))
+    if "w_decay" in override:
+        weighting["w_decay"] = override["w_decay"]
+    if table == "table2":
+        classes, counts = list(range(10)), [cfg["train_per_class"]] * 10
+    else:
+        classes = list(cfg["classes"])
+        counts = [override["minority"], cfg["train_per_class"]]
+    config = {
+        "paper": PAPER, "table": table, "setting": setting, "method": method, "seed": seed, "profile": profile,
+        "dataset": cfg["dataset"], "protocol": cfg["protocol"],
+        "data_seed": split_data_seed(cfg["protocol"], cfg["data_seed"], seed),
+        "classes": classes, "train_counts": counts, "dev_per_class": cfg["dev_per_class"],
+        "dev_pool_size": cfg["dev_pool_size"], "test_limit": cfg.get("test_limit"),
+        "arch": cfg["arch"], "pretrained": bool(override.get("pretrained", False)),
+        "batch_size": cfg["batch_size"], "epochs": cfg["epochs"], "min_epochs": cfg.get("min_epochs", 0),
+        "optimizer": {"name": "sgd", "lr": cfg["lr"], "momentum": cfg["momentum"],
+                      "weight_decay": cfg["weight_decay"]},
+    }
+    if method in ("ren", "ours_weight"):
+        config["pretrain_epochs"] = weighting.get("pretrain_epochs", 0)
+    if method == "ours_weight":
+        config["weighting"] = {k: weighting[k] for k in ("w_init", "w_decay", "norm", "softmax_temp")}
+    if method == "base_val":
+        config["requires"] = {"method": "base", "seeds": cfg["seeds"]}
+    return config
+
+
+def resolve_requirements(config: dict, base_results: list[dict]) -> dict:
+    """base_val: train on train+dev for the mean best-dev step count of `base` (hu19 Sec. 5.1)."""
+    steps = [r["metrics"]["steps_at_best"] for r in base_results]
+    config = dict(config)
+    config.pop("requires")
+    config["fixed_steps"] = max(1, int(round(float(np.mean(steps)))))
+    config["fixed_steps_from"] = {"method": "base", "n": len(steps),
+                                  "config_hashes": sorted(r["config_hash"] for r in base_results)}
+    return config
+
+
+def _to_tensor(x: np.ndarray) -> torch.Tensor:
+    t = torch.from_numpy(x).permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
+    mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
+    return ((t - mean) / std).contiguous()
+
+
+def load_split(config: dict, mirror: str | None, split_path=None) -> tuple[ArrayData, ArrayData, ArrayData]:
+    data = load_dataset(config["dataset"], mirror)
+    (train_x, train_y), (test_x, test_y) = data["train"], data["test"]
+    spec = SplitSpec(config["dataset"], tuple(config["classes"]), tuple(config["train_counts"]),
+                     config["dev_per_class"], config["dev_pool_size"], config["test_limit"])
+    split = load_or_make_split(split_path, train_y, test_y, spec, config["data_seed"])
+    remap = {c: i for i, c in enumerate(config["classes"])}   # class ids -> 0..C-1
+
+    def take(x, y, idx):
+        idx = np.asarray(idx, dtype=np.int64)
+        return ArrayData(_to_tensor(x[idx]), torch.tensor([remap[int(v)] for v in y[idx]], dtype=torch.int64))
+
+    return take(train_x, train_y, split["train"]), take(train_x, train_y, split["dev"]), take(test_x, test_y, split["test"])
+
+
+def execute(config: dict, mirror: str | None, on_epoch: Callable[[dict], None] | None = None,
+            split_path=None) -> dict:
+    """Run one (table, setting, method, seed); returns metrics and per-epoch history."""
+    start = time.time()
+    torch.manual_seed(config["seed"])
+    np.random.seed(config["seed"])
+    train, dev, test = load_split(config, mirror, split_path)
+    num_classes = len(config["classes"])
+    model = build_image_model(config["arch"], num_classes, config["pretrained"])
+    opt_cfg = config["optimizer"]
+    optimizer = torch.optim.SGD(model.parameters(), lr=opt_cfg["lr"], momentum=opt_cfg["momentum"],
+                                weight_decay=opt_cfg["weight_decay"])
+    generator = torch.Generator().manual_seed(config["seed"])
+    method = config["method"]
+
+    if method == "base_val":
+        merged = ArrayData(torch.cat([train.x, dev.x]), torch.cat([train.y, dev.y]))
+        step = WeightingMethod("base", model, optimizer, merged, dev, num_classes, WeightingConfig())
+        fit = fit_fixed_steps(model, merged, test, batch_size=config["batch_size"],
+                              total_steps=config["fixed_steps"], step=step, seed_generator=generator,
+                              on_epoch=on_epoch)
+    else:
+        wcfg = WeightingConfig(**config.get("weighting", {}))
+        step = WeightingMethod(method, model, optimizer, train, dev, num_classes, wcfg)
+
+        def pretrain(batch):
+            return weighted_step(model, optimizer, batch, torch.full((len(batch.y),), 1.0 / len(batch.y)))
+
+        fit = fit_with_dev_selection(model, train, dev, test, batch_size=config["batch_size"],
+                                     epochs=config["epochs"], step=step, seed_generator=generator,
+                                     pretrain_epochs=config.get("pretrain_epochs", 0), pretrain_step=pretrain,
+                                     min_epochs=config["min_epochs"], on_epoch=on_epoch)
+    metrics = {"test_acc": fit.test_acc, "best_dev_acc": fit.best_dev_acc, "best_epoch": fit.best_epoch,
+               "steps_at_best": fit.steps_at_best, "n_train": len(train), "n_dev": len(dev), "n_test": len(test)}
+    if any(isinstance(v, float) and math.isnan(v) for v in (fit.test_acc,)):
+        metrics["note"] = "dev accuracy never improved; no test evaluation"
+    return {"metrics": metrics, "history": fit.history, "train_s": time.time() - start}

@@ -1,0 +1,1 @@
+"""Pipeline stages: prepare -> multi-seed runs -> aggregate -> report, and the `repro` CLI."""

@@ -1,0 +1,136 @@
+"""`repro` command line: prepare, run, report, sync-mlflow, bench.
+
+    repro run --paper hu19 --table table2 --method base --seed 0     # one run by hand
+    repro run --paper hu19 --table table2                            # the whole grid, resumable
+    repro report                                                     # reports/ from committed results
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from common.config import check_profile, load_params, paper_profile
+from common.errors import ReproError
+
+
+def _profile(args, params) -> str:
+    return check_profile(args.profile or params["base"]["profile"], "--profile")
+
+
+def _tables(args, params, profile) -> list[str]:
+    tables = list(paper_profile(params, args.paper, profile))
+    if args.table:
+        if args.table not in tables:
+            raise ReproError(f"--table: unknown table {args.table!r} for {args.paper} profile {profile!r}; "
+                             f"known tables: {tables}")
+        return [args.table]
+    return tables
+
+
+def cmd_prepare(args) -> int:
+    from pipelines.grid import prepare
+
+    params = load_params(args.params)
+    profile = _profile(args, params)
+    paths = prepare(params, args.paper, profile, _tables(args, params, profile))
+    print(f"prepared {len(paths)} split index file(s) for {args.paper} ({profile})")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from pipelines.grid import run_tables
+
+    params = load_params(args.params)
+    profile = _profile(args, params)
+    report = run_tables(params, args.paper, profile, _tables(args, params, profile), setting=args.setting,
+                        method=args.method, seed=args.seed, workers=args.workers,
+                        replace_changed=args.replace_changed, dry_run=args.dry_run)
+    print(f"{args.paper} ({profile}): {len(report.done)} run(s) done, {len(report.skipped)} skipped "
+          f"(up to date), {len(report.failed)} failed")
+    for label, error in report.failed.items():
+        print(f"FAILED {label}: {error.strip().splitlines()[-1]}", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+def cmd_report(args) -> int:
+    from pipelines.report import write_reports
+
+    params = load_params(args.params)
+    profile = _profile(args, params)
+    paths = write_reports(params, profile, log_tables=not args.no_tracking)
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def cmd_sync(args) -> int:
+    from pipelines.grid import sync_tracking
+
+    params = load_params(args.params)
+    n = sync_tracking(params, _profile(args, params))
+    print(f"logged {n} result(s) to MLflow ({params['base']['tracking_uri']})")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from pipelines.bench import run_benchmark
+
+    path = run_benchmark(args.paper, repeats=args.repeats, out_dir=Path(args.out))
+    print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="repro", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p, table=True):
+        p.add_argument("--paper", default="hu19")
+        p.add_argument("--profile", help="smoke | cpu | paper (default: base.profile)")
+        if table:
+            p.add_argument("--table", help="one table (default: all of the paper's tables)")
+
+    p = sub.add_parser("prepare", help="write split index files")
+    common(p)
+    p.set_defaults(fn=cmd_prepare)
+    p = sub.add_parser("run", help="run missing results of a grid (finished ones are skipped)")
+    common(p)
+    p.add_argument("--setting")
+    p.add_argument("--method")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--workers", type=int, help="override base.runner.workers")
+    p.add_argument("--replace-changed", action="store_true",
+                   help="archive results whose config changed and run them again")
+    p.add_argument("--dry-run", action="store_true", help="list what would run")
+    p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("report", help="aggregate committed results into reports/")
+    p.add_argument("--profile")
+    p.add_argument("--no-tracking", action="store_true", help="do not log table summaries to MLflow")
+    p.set_defaults(fn=cmd_report)
+    p = sub.add_parser("sync-mlflow", help="log committed results missing from the MLflow store")
+    p.add_argument("--profile")
+    p.set_defaults(fn=cmd_sync)
+    p = sub.add_parser("bench", help="meta-step overhead benchmark")
+    p.add_argument("--paper", default="hu19")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--out", default="reports/benchmarks")
+    p.set_defaults(fn=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return args.fn(args)
+    except ReproError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Resolve a paper's table configs for a profile and run them (the DVC `run` and `prepare` stages)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from common.config import config_hash, data_mirror, table_config
+from common.data import load_dataset
+from common.data.subsample import SplitSpec, load_or_make_split
+from common.errors import ConfigError
+from common.results import collect_results
+from common.runner import GridReport, make_backend, run_grid
+from common.tracking import Tracker
+from pipelines.papers import PAPER_MODULES, paper_module
+
+log = logging.getLogger("repro.grid")
+
+
+def table_configs(params: dict, paper: str, profile: str, table: str) -> list[dict]:
+    module = paper_module(paper)
+    cfg = table_config(params, paper, profile, table)
+    module.validate_table_config(table, cfg, f"params.yaml: {paper}.profiles.{profile}.{table}")
+    return module.run_configs(table, cfg, profile)
+
+
+def select(configs: list[dict], setting: str | None, method: str | None, seed: int | None) -> list[dict]:
+    def keep(c):
+        return ((setting is None or c["setting"] == setting) and (method is None or c["method"] == method)
+                and (seed is None or c["seed"] == seed))
+
+    chosen = [c for c in configs if keep(c)]
+    if not chosen:
+        have = {k: sorted({str(c[k]) for c in configs}) for k in ("setting", "method", "seed")}
+        raise ConfigError(f"no run matches setting={setting} method={method} seed={seed}; available: {have}")
+    return chosen
+
+
+def order_runs(configs: list[dict]) -> list[dict]:
+    """Cheap methods first, then seed-major, so partial grids give every method some seeds."""
+    cost = {"base": 0, "proportion": 1, "base_val": 2, "ren": 3, "ours_weight": 3}
+    return sorted(configs, key=lambda c: (cost.get(c["method"], 3) >= 3, c["seed"], cost.get(c["method"], 3),
+                                          c["setting"]))
+
+
+def split_path(splits_dir: Path, config: dict) -> Path:
+    spec = {k: config[k] for k in ("dataset", "classes", "train_counts", "dev_per_class", "dev_pool_size",
+                                   "test_limit", "data_seed")}
+    return (Path(splits_dir) / config["profile"] / config["paper"] / config["table"]
+            / f"{config['setting']}_dataseed{config['data_seed']}_{config_hash(spec)[:8]}.json")
+
+
+def prepare(params: dict, paper: str, profile: str, tables: list[str]) -> list[Path]:
+    """Write the split index files of every run (fixed protocol: one per setting)."""
+    base = params["base"]
+    written = []
+    for table in tables:
+        for c in table_configs(params, paper, profile, table):
+            path = split_path(Path(base["splits_dir"]), c)
+            if path in written:
+                continue
+            data = load_dataset(c["dataset"], data_mirror(base))
+            spec = SplitSpec(c["dataset"], tuple(c["classes"]), tuple(c["train_counts"]), c["dev_per_class"],
+                             c["dev_pool_size"], c["test_limit"])
+            load_or_make_split(path, data["train"][1], data["test"][1], spec, c["data_seed"])
+            written.append(path)
+    return written
+
+
+def run_tables(params: dict, paper: str, profile: str, tables: list[str], *, setting=None, method=None, seed=None,
+               workers: int | None = None, replace_changed: bool = False, dry_run: bool = False) -> GridReport:
+    base = params["base"]
+    module = paper_module(paper)
+    configs = []
+    for table in tables:
+        configs += table_configs(params, paper, profile, table)
+    configs = order_runs(select(configs, setting, method, seed))
+    runner_cfg = dict(base["runner"])
+    if workers is not None:
+        runner_cfg["workers"] = workers
+    tracker = Tracker(base["tracking_uri"])
+    return run_grid(configs, paper_module=PAPER_MODULES[paper], results_dir=Path(base["results_dir"]),
+                    mirror=data_mirror(base), backend=make_backend(runner_cfg),
+                    threads=runner_cfg["threads_per_worker"], resolve=module.resolve_requirements,
+                    split_path_for=lambda c: split_path(Path(base["splits_dir"]), c),
+                    replace_changed=replace_changed, on_result=tracker.log_result, dry_run=dry_run)
+
+
+def sync_tracking(params: dict, profile: str) -> int:
+    base = params["base"]
+    results = []
+    for paper in PAPER_MODULES:
+        results += collect_results(Path(base["results_dir"]), profile, paper)
+    return Tracker(base["tracking_uri"]).sync_results(results)
