@@ -50,6 +50,7 @@ class Job:
     threads: int
     git_sha: str
     split_path: str | None = None
+    progress: bool = False
     key: RunKey = field(init=False)
 
     def __post_init__(self):
@@ -68,7 +69,14 @@ def execute_job(job: Job) -> dict:
     torch.set_num_threads(job.threads)
     module = importlib.import_module(job.paper_module)
     start = time.time()
-    outcome = module.execute(job.config, job.mirror, split_path=Path(job.split_path) if job.split_path else None)
+
+    def report_epoch(row: dict) -> None:
+        if job.progress:
+            values = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+            print(f"[{job.key.label()}] {values} ({time.time() - start:.0f}s)", flush=True)
+
+    outcome = module.execute(job.config, job.mirror, on_epoch=report_epoch,
+                             split_path=Path(job.split_path) if job.split_path else None)
     c = job.config
     result = {
         "paper": c["paper"], "table": c["table"], "setting": c["setting"], "method": c["method"],
@@ -133,7 +141,8 @@ class GridReport:
 def run_grid(configs: Iterable[dict], *, paper_module: str, results_dir: Path, mirror: str | None,
              backend: LocalBackend, threads: int, resolve: Callable[[dict, list[dict]], dict] | None = None,
              split_path_for: Callable[[dict], Path] | None = None, replace_changed: bool = False,
-             on_result: Callable[[dict], None] | None = None, dry_run: bool = False) -> GridReport:
+             on_result: Callable[[dict], None] | None = None, dry_run: bool = False,
+             progress: bool = False) -> GridReport:
     """Run every config whose result is missing; `requires` configs run after their dependencies."""
     sha = git_sha()
     report = GridReport()
@@ -158,7 +167,7 @@ def run_grid(configs: Iterable[dict], *, paper_module: str, results_dir: Path, m
                 report.skipped.append(key.label())
                 continue
             split_path = str(split_path_for(c)) if split_path_for else None
-            jobs.append(Job(paper_module, c, str(path), mirror, threads, sha, split_path))
+            jobs.append(Job(paper_module, c, str(path), mirror, threads, sha, split_path, progress))
         return jobs
 
     def execute(jobs: list[Job]) -> None:

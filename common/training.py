@@ -7,6 +7,7 @@ first best-dev epoch.
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -47,14 +48,20 @@ class ArrayData:
 
 @torch.no_grad()
 def accuracy(model: nn.Module, data: ArrayData, batch_size: int = 500) -> float:
-    """Top-1 accuracy in percent, eval mode."""
+    """Top-1 accuracy in percent, eval mode. Image batches run on a channels_last copy of the
+    model (about 2x faster on CPU for large eval sets; the model itself is left untouched)."""
+    if len(data) == 0:
+        return 0.0
+    image = data.x.dim() == 4
+    net = copy.deepcopy(model).to(memory_format=torch.channels_last) if image and len(data) > batch_size else model
     was_training = model.training
-    model.eval()
+    net.eval()
     correct = 0
     for batch in data.batches(batch_size):
-        correct += int((model(batch.x).argmax(1) == batch.y).sum())
+        x = batch.x.contiguous(memory_format=torch.channels_last) if net is not model else batch.x
+        correct += int((net(x).argmax(1) == batch.y).sum())
     model.train(was_training)
-    return 100.0 * correct / max(len(data), 1)
+    return 100.0 * correct / len(data)
 
 
 def check_finite(value: float | Tensor, what: str) -> None:
@@ -96,19 +103,27 @@ def fit_with_dev_selection(model: nn.Module, train: ArrayData, dev: ArrayData, t
         if on_epoch:
             on_epoch(row)
 
-    best_dev, test_acc, best_epoch, steps, steps_at_best = -1.0, float("nan"), 0, 0, 0
+    # The test set is scored once, at the end, with the parameters of the first best-dev epoch
+    # (the official code scores it at every strict dev improvement: same number, fewer passes).
+    best_dev, best_epoch, steps, steps_at_best, best_state, best_row = -1.0, 0, 0, 0, None, None
     for epoch in range(1, epochs + 1):
         loss, n_steps = run_epoch(step)
         steps += n_steps
         dev_acc = accuracy(model, dev)
         row = {"phase": "train", "epoch": epoch, "train_loss": loss, "dev_acc": dev_acc}
         if epoch > min_epochs and dev_acc > best_dev:
-            best_dev, best_epoch, steps_at_best = dev_acc, epoch, steps
-            test_acc = accuracy(model, test)
-            row["test_acc"] = test_acc
+            best_dev, best_epoch, steps_at_best, best_row = dev_acc, epoch, steps, row
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         history.append(row)
         if on_epoch:
             on_epoch(row)
+    test_acc = float("nan")
+    if best_state is not None:
+        final_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(best_state)
+        test_acc = accuracy(model, test)
+        model.load_state_dict(final_state)
+        best_row["test_acc"] = test_acc
     return FitResult(best_dev, test_acc, best_epoch, steps_at_best, history)
 
 

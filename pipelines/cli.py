@@ -76,7 +76,8 @@ def cmd_sync(args) -> int:
 def cmd_bench(args) -> int:
     from pipelines.bench import run_benchmark
 
-    path = run_benchmark(args.paper, repeats=args.repeats, out_dir=Path(args.out))
+    params = load_params(args.params)
+    path = run_benchmark(args.paper, repeats=args.repeats, out_dir=Path(args.out), profile=_profile(args, params))
     print(f"wrote {path}")
     return 0
 
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_sync)
     p = sub.add_parser("bench", help="meta-step overhead benchmark")
     p.add_argument("--paper", default="hu19")
+    p.add_argument("--profile")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", default="reports/benchmarks")
     p.set_defaults(fn=cmd_bench)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from common.config import config_hash, data_mirror, table_config
@@ -82,7 +83,8 @@ def run_tables(params: dict, paper: str, profile: str, tables: list[str], *, set
                     mirror=data_mirror(base), backend=make_backend(runner_cfg),
                     threads=runner_cfg["threads_per_worker"], resolve=module.resolve_requirements,
                     split_path_for=lambda c: split_path(Path(base["splits_dir"]), c),
-                    replace_changed=replace_changed, on_result=tracker.log_result, dry_run=dry_run)
+                    replace_changed=replace_changed, on_result=tracker.log_result, dry_run=dry_run,
+                    progress=os.environ.get("REPRO_PROGRESS") == "1")
 
 
 def sync_tracking(params: dict, profile: str) -> int:

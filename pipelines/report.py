@@ -1,0 +1,384 @@
+"""`repro report`: published numbers vs committed results, as markdown, figures and a scoreboard.
+
+Per paper with a `paper_tables.yaml`: reports/<paper>.md (one verdict table per published table),
+reports/figures/<paper>_<table>.png, the results section of papers/<paper>/README.md (between
+`<!-- results:start -->` and `<!-- results:end -->`), and reports/index.md across all papers.
+Verdicts: like-for-like tables compare means within two standard errors; tables whose profile
+deviates from the `paper` profile compare only the paper's ordering against the `base` row.
+Output is deterministic: yaml order, 2-decimal numbers, no timestamps.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+import papers
+from common.results import collect_results
+from common.tracking import Tracker
+from pipelines.papers import PAPER_MODULES
+
+PAPERS_DIR = Path(papers.__file__).parent
+REPORTS_DIR = Path("reports")
+ALL_PAPERS = ("hu19", "mmel", "metaaugment", "influence")
+UNCOMPARED_CONFIG_KEYS = ("seeds", "not_run")
+PAPER_COLOUR, OURS_COLOUR = "#9aa5b1", "#1f77b4"
+COUNTED_VERDICTS = ("OK", "SHAPE", "FAIL", "PENDING", "NOT RUN")
+README_BLOCK = re.compile(r"(^<!-- results:start -->[ \t]*\n).*?(^<!-- results:end -->)", re.S | re.M)
+COLUMNS = ("setting", "method", "paper mean ± std (n)", "ours mean ± std (n)", "Δ (ours − paper)", "verdict")
+RULE_LIKE_FOR_LIKE = (
+    "Verdict rule: like-for-like table, so the numbers themselves are compared. OK if |ours − paper| ≤ "
+    "2·√(paper_std²/paper_n + ours_std²/ours_n) (two standard errors of the difference of means), else FAIL; "
+    "PENDING (n<2) with fewer than 2 of our runs; NOT RUN without results.")
+RULE_ORDERING = (
+    "Verdict rule: this table deviates from the paper's setup (see the footnotes), so the paper's ordering is "
+    "compared, not its numbers. A method is SHAPE if sign(ours − ours base) = sign(paper − paper base) in the "
+    "same setting, else FAIL; `base` is the reference row (ref); PENDING (n<2) when the method or `base` has "
+    "fewer than 2 of our runs; NOT RUN without results.")
+RULE_NOT_CONFIGURED = "Verdict rule: the table is not configured in the `{profile}` profile, so nothing is compared."
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Test accuracy over seeds: mean and population std of the `n` finite values."""
+    n: int
+    mean: float
+    std: float
+    n_failed: int = 0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    kind: str          # OK | FAIL | SHAPE | ref | PENDING | NOT RUN; the first five are counted
+    detail: str = ""   # printed after the kind: " (n<2)", ": <why not run>"
+
+    @property
+    def text(self) -> str:
+        return self.kind + self.detail
+
+
+@dataclass(frozen=True)
+class Cell:
+    setting: str
+    method: str
+    paper: Stats
+    ours: Stats | None
+    verdict: Verdict
+
+
+@dataclass
+class TableReport:
+    table: str
+    title: str
+    like_for_like: bool | None     # None: the table is not configured in the profile
+    footnotes: list[str]
+    cells: list[Cell]
+    runs: list[dict]
+
+
+def load_published(paper: str) -> dict | None:
+    """papers/<paper>/paper_tables.yaml, or None if the paper has none."""
+    path = PAPERS_DIR / paper / "paper_tables.yaml"
+    return yaml.safe_load(path.read_text()) if path.exists() else None
+
+
+def seed_stats(values: list[float | None]) -> Stats:
+    """Mean and population std (ddof=0, as the paper) of the finite values; NaNs count as failed."""
+    finite = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    if not finite:
+        return Stats(0, math.nan, math.nan, len(values))
+    mean = sum(finite) / len(finite)
+    std = math.sqrt(sum((v - mean) ** 2 for v in finite) / len(finite))
+    return Stats(len(finite), mean, std, len(values) - len(finite))
+
+
+def aggregate(results: list[dict]) -> dict[tuple[str, str, str], Stats]:
+    """Stats of test_acc per (table, setting, method)."""
+    values: dict[tuple[str, str, str], list[float]] = {}
+    for r in results:
+        values.setdefault((r["table"], r["setting"], r["method"]), []).append(r["metrics"]["test_acc"])
+    return {key: seed_stats(v) for key, v in values.items()}
+
+
+def _yaml_value(value) -> str:
+    return "unset" if value is None else value if isinstance(value, str) else json.dumps(value)
+
+
+def config_differences(ours: dict, reference: dict, prefix: str = "") -> list[str]:
+    """'key: <ours> here, <reference> in the paper profile' for every differing key, recursing into dicts."""
+    notes = []
+    for key in sorted(set(ours) | set(reference)):
+        mine, theirs = ours.get(key), reference.get(key)
+        if isinstance(mine, dict) and isinstance(theirs, dict):
+            notes += config_differences(mine, theirs, f"{prefix}{key}.")
+        elif mine != theirs:
+            notes.append(f"{prefix}{key}: {_yaml_value(mine)} here, {_yaml_value(theirs)} in the paper profile")
+    return notes
+
+
+def table_deviations(ours: dict, reference: dict | None) -> list[str]:
+    """Config differences from the paper profile (settings compared only where this profile has them)."""
+    if reference is None:
+        return ["no `paper` profile config for this table to compare with"]
+    skip = set(UNCOMPARED_CONFIG_KEYS) | {"settings"}
+    notes = config_differences({k: v for k, v in ours.items() if k not in skip},
+                               {k: v for k, v in reference.items() if k not in skip})
+    for setting, override in ours.get("settings", {}).items():
+        if setting not in reference.get("settings", {}):
+            notes.append(f"settings.{setting}: configured here, absent in the paper profile")
+        else:
+            notes += config_differences(override, reference["settings"][setting], f"settings.{setting}.")
+    return notes
+
+
+def like_for_like_verdict(paper: Stats, ours: Stats) -> Verdict:
+    """OK within two standard errors of the difference of means, else FAIL."""
+    if ours.n < 2:
+        return Verdict("PENDING", " (n<2)")
+    bound = 2 * math.sqrt(paper.std ** 2 / paper.n + ours.std ** 2 / ours.n)
+    return Verdict("OK" if abs(ours.mean - paper.mean) <= bound else "FAIL")
+
+
+def _sign(x: float) -> int:
+    return (x > 0) - (x < 0)
+
+
+def ordering_verdict(method: str, paper: Stats, ours: Stats, paper_base: Stats | None,
+                     ours_base: Stats | None) -> Verdict:
+    """SHAPE if the method sits on the same side of `base` as in the paper, else FAIL."""
+    if method == "base":
+        return Verdict("ref")
+    if ours.n < 2 or paper_base is None or ours_base is None or ours_base.n < 2:
+        return Verdict("PENDING", " (n<2)")
+    same = _sign(ours.mean - ours_base.mean) == _sign(paper.mean - paper_base.mean)
+    return Verdict("SHAPE" if same else "FAIL")
+
+
+def not_run_reason(config: dict | None, setting: str, method: str, profile: str) -> str:
+    """Why a cell has no results: the profile's `not_run` note, else what the profile leaves out."""
+    if config is None:
+        return f"table not in the `{profile}` profile"
+    if setting in config.get("not_run", {}):
+        return config["not_run"][setting]
+    if setting not in config.get("settings", {}) or method not in config.get("methods", [method]):
+        return f"not in the `{profile}` profile"
+    return "not run yet"
+
+
+def build_table(published: dict, table: str, params: dict, paper: str, profile: str,
+                results: list[dict]) -> TableReport:
+    """Cells with verdicts and deviation footnotes of one published table."""
+    spec = published["tables"][table]
+    paper_n = spec.get("n", published["n"])
+    profiles = params.get(paper, {}).get("profiles", {})
+    config = profiles.get(profile, {}).get(table)
+    footnotes, like_for_like = [], None
+    if config is not None:
+        deviations = [] if profile == "paper" else table_deviations(config, profiles.get("paper", {}).get(table))
+        like_for_like = not deviations
+        footnotes = deviations + ([f"n = {config['seeds']} seeds here vs {paper_n} in the paper"]
+                                  if config.get("seeds", paper_n) < paper_n else [])
+    runs = [r for r in results if r["table"] == table]
+    ours_stats = aggregate(runs)
+    cells = []
+    for setting, by_method in spec["results"].items():
+        base = by_method.get("base")
+        paper_base = Stats(paper_n, base["mean"], base["std"]) if base else None
+        for method, published_cell in by_method.items():
+            theirs = Stats(paper_n, published_cell["mean"], published_cell["std"])
+            ours = ours_stats.get((table, setting, method))
+            if ours is None:
+                verdict = Verdict("NOT RUN", ": " + not_run_reason(config, setting, method, profile))
+            elif like_for_like:
+                verdict = like_for_like_verdict(theirs, ours)
+            else:
+                verdict = ordering_verdict(method, theirs, ours, paper_base, ours_stats.get((table, setting, "base")))
+            cells.append(Cell(setting, method, theirs, ours, verdict))
+    return TableReport(table, spec["title"], like_for_like, footnotes, cells, runs)
+
+
+def _mean_std(stats: Stats | None) -> str:
+    """'mean ± std (n)', with failed runs if any; an em dash without results."""
+    if stats is None:
+        return "—"
+    text = "—" if stats.n == 0 else f"{stats.mean:.2f} ± {stats.std:.2f}"
+    return f"{text} ({stats.n})" + (f", {stats.n_failed} failed" if stats.n_failed else "")
+
+
+def _markdown_row(values) -> str:
+    return "| " + " | ".join(str(v).replace("|", "\\|") for v in values) + " |"
+
+
+def _markdown_table(header, rows) -> list[str]:
+    return [_markdown_row(header), _markdown_row(["---"] * len(header)), *map(_markdown_row, rows)]
+
+
+def render_table_section(report: TableReport, published: dict, profile: str, figure_link: str | None) -> str:
+    """Heading, verdict rule, verdict table, numbered footnotes and figure link of one table."""
+    spec = published["tables"][report.table]
+    rule = {True: RULE_LIKE_FOR_LIKE, False: RULE_ORDERING}.get(report.like_for_like,
+                                                                RULE_NOT_CONFIGURED.format(profile=profile))
+    rows = [[spec["settings"][c.setting]["label"], spec["methods"][c.method]["label"], _mean_std(c.paper),
+             _mean_std(c.ours), f"{c.ours.mean - c.paper.mean:+.2f}" if c.ours and c.ours.n else "—", c.verdict.text]
+            for c in report.cells]
+    lines = [f"## {report.table}: {report.title}", "", rule, "", *_markdown_table(COLUMNS, rows), ""]
+    if report.footnotes:
+        lines += ["Footnotes (differences from the `paper` profile):", ""]
+        lines += [f"{i}. {note}" for i, note in enumerate(report.footnotes, start=1)] + [""]
+    if figure_link:
+        lines += [f"![{report.table}: paper vs ours]({figure_link})", ""]
+    else:
+        lines += ["_No figure: no results for this table yet._", ""]
+    return "\n".join(lines)
+
+
+def render_performance(benchmark_path: Path) -> str:
+    """The meta-step benchmark JSON (rows, setup, notes, other scalars) as a markdown section."""
+    bench = json.loads(benchmark_path.read_text())
+    rows = bench.get("rows", [])
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    lines = ["## Performance", "", f"Setup: {bench.get('setup', 'not recorded')}", ""]
+    if rows:
+        lines += [*_markdown_table(columns, [[row.get(c, "") for c in columns] for row in rows]), ""]
+    extras = {k: v for k, v in bench.items() if k not in ("rows", "notes", "setup", "paper", "profile")}
+    lines += [f"- {key}: {json.dumps(value)}" for key, value in extras.items()]
+    lines += [f"- {note}" for note in bench.get("notes", [])]
+    return "\n".join(lines) + "\n"
+
+
+def render_inventory(reports: list[TableReport]) -> str:
+    """Per table: number of committed runs, their total wall-clock hours and the git shas they came from."""
+    rows = []
+    for report in reports:
+        hours = sum(float(run["wall_s"]) for run in report.runs) / 3600
+        shas = ", ".join(f"`{sha}`" for sha in sorted({run["git_sha"] for run in report.runs})) or "—"
+        rows.append([report.table, len(report.runs), f"{hours:.2f}", shas])
+    header = ["table", "runs", "wall-clock hours", "git shas"]
+    return "\n".join(["## Run inventory", "", *_markdown_table(header, rows)]) + "\n"
+
+
+def draw_figure(report: TableReport, published: dict, paper: str, profile: str, path: Path) -> bool:
+    """Grouped bars (paper vs ours, ± std) per setting; False (and no file) if the table has no results."""
+    if not any(cell.ours and cell.ours.n for cell in report.cells):
+        path.unlink(missing_ok=True)
+        return False
+    spec = published["tables"][report.table]
+    settings = list(spec["results"])
+    fig = Figure(figsize=(max(6.0, 4.0 * len(settings)), 4.8), dpi=100)
+    axes = fig.subplots(1, len(settings), sharey=True, squeeze=False)[0]
+    for ax, setting in zip(axes, settings):
+        cells = [c for c in report.cells if c.setting == setting]
+        xs = range(len(cells))
+        ax.bar([x - 0.2 for x in xs], [c.paper.mean for c in cells], 0.4, yerr=[c.paper.std for c in cells],
+               capsize=3, color=PAPER_COLOUR)
+        ours = [(x, c.ours) for x, c in zip(xs, cells) if c.ours and c.ours.n]
+        ax.bar([x + 0.2 for x, _ in ours], [s.mean for _, s in ours], 0.4, yerr=[s.std for _, s in ours],
+               capsize=3, color=OURS_COLOUR)
+        ax.set_xticks(list(xs), [spec["methods"][c.method]["label"] for c in cells], rotation=30, ha="right",
+                      fontsize=8)
+        ax.set_title(spec["settings"][setting]["label"], fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("test accuracy (%)")
+    fig.legend(handles=[Patch(color=PAPER_COLOUR, label="paper"), Patch(color=OURS_COLOUR, label=f"ours ({profile})")],
+               loc="upper center", bbox_to_anchor=(0.5, 0.94), ncol=2, fontsize=8, frameon=False)
+    fig.suptitle(f"{paper} {report.table}: {report.title}", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.91))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", metadata={"Software": None})
+    return True
+
+
+def verdict_counts(report: TableReport) -> dict[str, int]:
+    """Number of cells per counted verdict kind (`ref` rows are not counted)."""
+    return {kind: sum(cell.verdict.kind == kind for cell in report.cells) for kind in COUNTED_VERDICTS}
+
+
+def render_index(scoreboard: dict[str, list[TableReport] | None], profile: str) -> str:
+    """One row per (paper, table) with verdict counts; papers without tables are 'not started'."""
+    rows = []
+    for paper in list(ALL_PAPERS) + sorted(set(scoreboard) - set(ALL_PAPERS)):
+        if scoreboard.get(paper) is None:
+            rows.append([paper, "—", profile, "not started", *[""] * len(COUNTED_VERDICTS), "—"])
+        for r in scoreboard.get(paper) or []:
+            like = {True: "yes", False: "no", None: "not configured"}[r.like_for_like]
+            rows.append([paper, r.table, profile, like, *verdict_counts(r).values(), f"[{paper}.md]({paper}.md)"])
+    header = ["paper", "table", "profile", "like-for-like?", *COUNTED_VERDICTS, "report"]
+    return "\n".join(["# Replication scoreboard", "", f"Cell counts per table for the `{profile}` profile "
+                      "(`ref` rows are not counted).", "", *_markdown_table(header, rows)]) + "\n"
+
+
+def update_readme(readme: Path, generated: str) -> bool:
+    """Replace the text between the results markers; False (file untouched) without markers."""
+    if not readme.exists():
+        return False
+    text = readme.read_text()
+    if not README_BLOCK.search(text):
+        return False
+    readme.write_text(README_BLOCK.sub(lambda m: f"{m.group(1)}\n{generated}\n{m.group(2)}", text, count=1))
+    return True
+
+
+def render_paper_report(published: dict, profile: str, table_sections: str, reports: list[TableReport],
+                        benchmark: Path) -> str:
+    """Title, provenance line, table sections, optional Performance section and the run inventory."""
+    intro = (f"# Replication of {published['citation']}\n\nNumbers produced by the `{profile}` profile "
+             f"(`repro report --profile {profile}`) from committed results. Test accuracy in percent, mean ± "
+             "population std (ddof=0, as the paper's official code) over seeds; n counts runs with a finite test "
+             "accuracy, runs with NaN are listed as failed.\n")
+    performance = [render_performance(benchmark)] if benchmark.exists() else []
+    return "\n".join([intro, table_sections, *performance, render_inventory(reports)])
+
+
+def write_paper_report(params: dict, profile: str, paper: str,
+                       published: dict) -> tuple[list[TableReport], list[Path]]:
+    """reports/<paper>.md, its figures and the README results block; returns the tables and written paths."""
+    results = collect_results(Path(params["base"]["results_dir"]), profile, paper)
+    reports = [build_table(published, table, params, paper, profile, results) for table in published["tables"]]
+    figures = [REPORTS_DIR / "figures" / f"{paper}_{r.table}.png" for r in reports]
+    drawn = [fig for r, fig in zip(reports, figures) if draw_figure(r, published, paper, profile, fig)]
+
+    def sections(figure_prefix: str) -> str:
+        return "\n".join(render_table_section(r, published, profile, figure_prefix + fig.name if fig in drawn else None)
+                         for r, fig in zip(reports, figures))
+
+    report_path = REPORTS_DIR / f"{paper}.md"
+    benchmark = REPORTS_DIR / "benchmarks" / f"{paper}_weighting.json"
+    report_path.write_text(render_paper_report(published, profile, sections("figures/"), reports, benchmark))
+    readme = PAPERS_DIR / paper / "README.md"
+    readme_updated = update_readme(readme, sections("../../reports/figures/").rstrip("\n"))
+    return reports, [report_path, *drawn, *([readme] if readme_updated else [])]
+
+
+def log_table_summaries(tracker: Tracker, paper: str, profile: str, reports: list[TableReport]) -> None:
+    """One tracking run per table: our mean/std/n and the verdict of every cell, report and figure attached."""
+    for report in reports:
+        cells = [{"setting": c.setting, "method": c.method, "mean": c.ours.mean if c.ours else None,
+                  "std": c.ours.std if c.ours else None, "n": c.ours.n if c.ours else 0, "verdict": c.verdict.text}
+                 for c in report.cells]
+        artifacts = [REPORTS_DIR / f"{paper}.md", REPORTS_DIR / "figures" / f"{paper}_{report.table}.png"]
+        tracker.log_table(paper, report.table, profile, cells, artifacts=artifacts)
+
+
+def write_reports(params: dict, profile: str, log_tables: bool = True) -> list[Path]:
+    """All paper reports, figures, README blocks and reports/index.md; returns the written paths."""
+    (REPORTS_DIR / "figures").mkdir(parents=True, exist_ok=True)
+    tracker = Tracker(params["base"]["tracking_uri"]) if log_tables else None
+    scoreboard: dict[str, list[TableReport] | None] = {}
+    written: list[Path] = []
+    for paper in PAPER_MODULES:
+        published = load_published(paper)
+        if published is None:
+            continue
+        scoreboard[paper], paths = write_paper_report(params, profile, paper, published)
+        written += paths
+        if tracker is not None:
+            log_table_summaries(tracker, paper, profile, scoreboard[paper])
+    index = REPORTS_DIR / "index.md"
+    index.write_text(render_index(scoreboard, profile))
+    return written + [index]

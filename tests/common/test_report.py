@@ -1,0 +1,256 @@
+"""`repro report`: verdict rules, population std, deviation footnotes, scoreboard, README block, determinism.
+
+Synthetic published tables and result files in tmp_path; nothing is trained.
+"""
+import json
+import math
+
+import pytest
+import yaml
+
+import pipelines.report as report
+from common.config import load_params
+from common.results import RunKey, write_json_atomic
+from pipelines.report import Stats, Verdict, like_for_like_verdict, ordering_verdict, seed_stats, table_deviations
+from tests.conftest import REPO
+
+PUBLISHED = {
+    "paper": "hu19", "citation": "A. Author. A Toy Paper. 2024.", "n": 4, "std_kind": "population std",
+    "tables": {
+        "t1": {"title": "Toy like-for-like table",
+               "settings": {"s1": {"label": "S one"}, "s2": {"label": "S two"}},
+               "methods": {"base": {"label": "Base"}, "m1": {"label": "Method one"}},
+               "results": {"s1": {"base": {"mean": 50.0, "std": 3.0}, "m1": {"mean": 60.0, "std": 3.0}},
+                           "s2": {"base": {"mean": 40.0, "std": 3.0}, "m1": {"mean": 45.0, "std": 3.0}}}},
+        "t2": {"title": "Toy deviating table",
+               "settings": {"r1": {"label": "R one"}, "r2": {"label": "R two"}, "r3": {"label": "R three"}},
+               "methods": {"base": {"label": "Base"}, "m1": {"label": "Up"}, "m2": {"label": "Down"}},
+               "results": {r: {"base": {"mean": 70.0, "std": 2.0}, "m1": {"mean": 75.0, "std": 2.0},
+                               "m2": {"mean": 65.0, "std": 2.0}} for r in ("r1", "r2", "r3")}},
+    },
+}
+
+
+def toy_params(tmp_path) -> dict:
+    paper_t1 = {"seeds": 4, "arch": "resnet34", "lr": 0.1, "settings": {"s1": {}, "s2": {}}}
+    paper_t2 = {"seeds": 4, "arch": "resnet34", "weighting": {"w_decay": 5.0, "norm": "linear"},
+                "settings": {"r1": {"minority": 30}, "r2": {"minority": 50}, "r3": {"minority": 100}}}
+    cpu_t1 = {"seeds": 2, "arch": "resnet34", "lr": 0.1, "settings": {"s1": {}}, "not_run": {"s2": "needs a GPU"}}
+    cpu_t2 = {"seeds": 4, "arch": "resnet18", "weighting": {"w_decay": 2.0, "norm": "linear"},
+              "settings": {"r1": {"minority": 20}, "r2": {"minority": 50}}}
+    return {"base": {"tracking_uri": "none", "results_dir": str(tmp_path / "results")},
+            "hu19": {"profiles": {"paper": {"t1": paper_t1, "t2": paper_t2}, "cpu": {"t1": cpu_t1, "t2": cpu_t2}}}}
+
+
+# (table, setting, method) -> test accuracies of seeds 0, 1, ...
+OUR_ACCURACIES = {
+    ("t1", "s1", "base"): [53.0, 57.0],          # 55 ± 2: |5| > 2·√(9/4 + 4/2) = 4.12 -> FAIL
+    ("t1", "s1", "m1"): [61.0, 63.0],            # 62 ± 1: |2| <= 2·√(9/4 + 1/2) = 3.32 -> OK
+    ("t2", "r1", "base"): [40.0, 42.0],
+    ("t2", "r1", "m1"): [45.0, 47.0, math.nan],  # above base as in the paper -> SHAPE; one failed run
+    ("t2", "r1", "m2"): [44.0, 46.0],            # above base, the paper has it below -> FAIL
+    ("t2", "r2", "base"): [50.0],                # one run: base is still ref, m1 is PENDING
+    ("t2", "r2", "m1"): [55.0, 57.0],
+}
+
+
+def write_results(tmp_path, profile="cpu"):
+    for (table, setting, method), accuracies in OUR_ACCURACIES.items():
+        for seed, acc in enumerate(accuracies):
+            key = RunKey("hu19", table, setting, method, seed)
+            write_json_atomic(key.path(tmp_path / "results", profile), {
+                "paper": "hu19", "table": table, "setting": setting, "method": method, "seed": seed,
+                "profile": profile, "config_hash": "h", "git_sha": "bbb" if seed else "aaa", "config": {},
+                "metrics": {"test_acc": acc, "best_dev_acc": 0.0, "best_epoch": 1, "steps_at_best": 1},
+                "wall_s": 1800.0, "finished_at": "2024-01-01T00:00:00+00:00"})
+
+
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+    """A synthetic hu19 package dir and results; reports are written under tmp_path."""
+    papers_dir = tmp_path / "papers"
+    (papers_dir / "hu19").mkdir(parents=True)
+    (papers_dir / "hu19" / "paper_tables.yaml").write_text(yaml.safe_dump(PUBLISHED, sort_keys=False))
+    monkeypatch.setattr(report, "PAPERS_DIR", papers_dir)
+    monkeypatch.setattr(report, "PAPER_MODULES", {"hu19": "papers.hu19.tables"})
+    monkeypatch.chdir(tmp_path)
+    write_results(tmp_path)
+    return toy_params(tmp_path)
+
+
+def section(markdown: str, table: str) -> str:
+    return markdown.split(f"## {table}:")[1].split("\n## ")[0]
+
+
+def verdict_rows(markdown: str, table: str) -> dict[tuple[str, str], list[str]]:
+    """(setting label, method label) -> the remaining cells of a report table row."""
+    rows = {}
+    for line in section(markdown, table).splitlines():
+        cells = [c.strip() for c in line.strip("|").split(" | ")]
+        if line.startswith("| ") and cells[0] not in ("setting", "---"):
+            rows[(cells[0], cells[1])] = cells[2:]
+    return rows
+
+
+def test_seed_stats_population_std_and_failed_runs():
+    stats = seed_stats([1.0, 2.0, 3.0, 4.0])
+    assert stats.mean == 2.5 and stats.std == pytest.approx(math.sqrt(1.25))   # sample std would be 1.29
+    assert seed_stats([1.0, math.nan, 3.0]) == Stats(n=2, mean=2.0, std=1.0, n_failed=1)
+    assert seed_stats([math.nan]).n == 0 and seed_stats([math.nan]).n_failed == 1
+
+
+def test_like_for_like_rule_boundary():
+    paper = Stats(n=4, mean=50.0, std=3.0)           # se^2 = 9/4
+    ours = dict(n=4, std=4.0)                         # se^2 = 16/4; bound = 2·√6.25 = 5
+    assert like_for_like_verdict(paper, Stats(mean=55.0, **ours)) == Verdict("OK")
+    assert like_for_like_verdict(paper, Stats(mean=45.0, **ours)) == Verdict("OK")
+    assert like_for_like_verdict(paper, Stats(mean=55.01, **ours)) == Verdict("FAIL")
+    assert like_for_like_verdict(paper, Stats(mean=44.99, **ours)) == Verdict("FAIL")
+    assert like_for_like_verdict(paper, Stats(n=1, mean=50.0, std=0.0)).text == "PENDING (n<2)"
+
+
+def test_ordering_rule():
+    paper_base, paper_up = Stats(4, 50.0, 1.0), Stats(4, 55.0, 1.0)
+    ours_base = Stats(3, 40.0, 1.0)
+    assert ordering_verdict("m", paper_up, Stats(3, 42.0, 1.0), paper_base, ours_base).text == "SHAPE"
+    assert ordering_verdict("m", paper_up, Stats(3, 38.0, 1.0), paper_base, ours_base).text == "FAIL"
+    assert ordering_verdict("m", paper_up, Stats(3, 40.0, 1.0), paper_base, ours_base).text == "FAIL"  # tie
+    assert ordering_verdict("base", paper_base, ours_base, paper_base, ours_base).text == "ref"
+    assert ordering_verdict("m", paper_up, Stats(1, 42.0, 0.0), paper_base, ours_base).text == "PENDING (n<2)"
+    assert ordering_verdict("m", paper_up, Stats(3, 42.0, 1.0), paper_base, Stats(1, 40.0, 0.0)).kind == "PENDING"
+    assert ordering_verdict("m", paper_up, Stats(3, 42.0, 1.0), paper_base, None).kind == "PENDING"
+
+
+def test_deviations_of_the_repository_profiles():
+    profiles = load_params(REPO / "params.yaml")["hu19"]["profiles"]
+    assert table_deviations(profiles["cpu"]["table2"], profiles["paper"]["table2"]) == []
+    table4 = table_deviations(profiles["cpu"]["table4"], profiles["paper"]["table4"])
+    assert "arch: resnet18 here, resnet34 in the paper profile" in table4
+    assert "epochs: 10 here, 15 in the paper profile" in table4
+    assert "settings.ratio_20.pretrained: unset here, true in the paper profile" in table4
+    assert not any(note.startswith(("seeds", "not_run")) for note in table4)
+
+
+def test_report_verdicts_footnotes_and_not_run_reasons(toy, tmp_path):
+    paths = report.write_reports(toy, "cpu", log_tables=False)
+    assert paths == [report.REPORTS_DIR / "hu19.md", report.REPORTS_DIR / "figures" / "hu19_t1.png",
+                     report.REPORTS_DIR / "figures" / "hu19_t2.png", report.REPORTS_DIR / "index.md"]
+    md = (tmp_path / "reports" / "hu19.md").read_text()
+    assert md.startswith("# Replication of A. Author. A Toy Paper. 2024.")
+    assert "`cpu` profile" in md and "population std (ddof=0" in md
+
+    t1 = verdict_rows(md, "t1")
+    assert t1[("S one", "Base")] == ["50.00 ± 3.00 (4)", "55.00 ± 2.00 (2)", "+5.00", "FAIL"]
+    assert t1[("S one", "Method one")] == ["60.00 ± 3.00 (4)", "62.00 ± 1.00 (2)", "+2.00", "OK"]
+    assert t1[("S two", "Base")][-1] == "NOT RUN: needs a GPU"
+    t1_text = section(md, "t1")
+    assert "Verdict rule: like-for-like" in t1_text
+    assert "1. n = 2 seeds here vs 4 in the paper" in t1_text and "2. " not in t1_text
+    assert "![t1: paper vs ours](figures/hu19_t1.png)" in t1_text
+
+    t2 = verdict_rows(md, "t2")
+    assert t2[("R one", "Base")][-1] == "ref"
+    assert t2[("R one", "Up")] == ["75.00 ± 2.00 (4)", "46.00 ± 1.00 (2), 1 failed", "-29.00", "SHAPE"]
+    assert t2[("R one", "Down")][-1] == "FAIL"
+    assert t2[("R two", "Base")][-1] == "ref"
+    assert t2[("R two", "Up")][-1] == "PENDING (n<2)"
+    assert t2[("R two", "Down")][-1] == "NOT RUN: not run yet"
+    assert t2[("R three", "Base")][-1] == "NOT RUN: not in the `cpu` profile"
+    t2_text = section(md, "t2")
+    assert "Verdict rule: this table deviates" in t2_text
+    for note in ("arch: resnet18 here, resnet34 in the paper profile",
+                 "weighting.w_decay: 2.0 here, 5.0 in the paper profile",
+                 "settings.r1.minority: 20 here, 30 in the paper profile"):
+        assert note in t2_text
+    assert "settings.r3" not in t2_text and "seeds here" not in t2_text and "4. " not in t2_text
+
+    inventory = md.split("## Run inventory")[1]
+    assert "| t1 | 4 | 2.00 | `aaa`, `bbb` |" in inventory
+    assert "| t2 | 10 | 5.00 | `aaa`, `bbb` |" in inventory
+
+
+def test_paper_profile_is_like_for_like(toy, tmp_path):
+    write_results(tmp_path, profile="paper")
+    report.write_reports(toy, "paper", log_tables=False)
+    md = (tmp_path / "reports" / "hu19.md").read_text()
+    assert "Verdict rule: like-for-like" in section(md, "t2")
+    assert verdict_rows(md, "t2")[("R one", "Up")][-1] == "FAIL"   # 46 vs 75: numbers compared now
+    assert "Footnotes" not in section(md, "t2")
+
+
+def test_index_scoreboard_counts(toy, tmp_path):
+    report.write_reports(toy, "cpu", log_tables=False)
+    index = (tmp_path / "reports" / "index.md").read_text()
+    assert "| hu19 | t1 | cpu | yes | 1 | 0 | 1 | 0 | 2 | [hu19.md](hu19.md) |" in index
+    assert "| hu19 | t2 | cpu | no | 0 | 1 | 1 | 1 | 4 | [hu19.md](hu19.md) |" in index
+    for paper in ("mmel", "metaaugment", "influence"):
+        assert f"| {paper} | — | cpu | not started |" in index
+
+
+def test_output_is_deterministic(toy, tmp_path):
+    (tmp_path / "reports" / "benchmarks").mkdir(parents=True)
+    (tmp_path / "reports" / "benchmarks" / "hu19_weighting.json").write_text(json.dumps({
+        "setup": "toy setup", "notes": ["a note"], "speedup_vs_loop": 3.5,
+        "rows": [{"name": "base", "seconds_per_step": 0.01, "ratio_to_base": 1.0},
+                 {"name": "ours_weight", "seconds_per_step": 0.03, "ratio_to_base": 3.0}]}))
+    first_paths = report.write_reports(toy, "cpu", log_tables=False)
+    first = {p: p.read_bytes() for p in first_paths}
+    second_paths = report.write_reports(toy, "cpu", log_tables=False)
+    assert second_paths == first_paths
+    assert {p: p.read_bytes() for p in second_paths} == first
+    performance = first[report.REPORTS_DIR / "hu19.md"].decode().split("## Performance")[1]
+    assert "Setup: toy setup" in performance and "| ours_weight | 0.03 | 3.0 |" in performance
+    assert "- a note" in performance and "- speedup_vs_loop: 3.5" in performance
+
+
+def test_figure_skipped_without_results(toy, tmp_path):
+    for path in (tmp_path / "results" / "cpu" / "hu19" / "t1").rglob("*.json"):
+        path.unlink()
+    paths = report.write_reports(toy, "cpu", log_tables=False)
+    assert not (tmp_path / "reports" / "figures" / "hu19_t1.png").exists()
+    assert (tmp_path / "reports" / "figures" / "hu19_t2.png") in [tmp_path / p for p in paths]
+    assert "_No figure: no results for this table yet._" in section((tmp_path / "reports/hu19.md").read_text(), "t1")
+
+
+def test_readme_results_block_is_replaced(toy, tmp_path):
+    readme = tmp_path / "papers" / "hu19" / "README.md"
+    readme.write_text("# hu19\n\nIntro.\n\n<!-- results:start -->\nold numbers\n<!-- results:end -->\n\nOutro.\n")
+    paths = report.write_reports(toy, "cpu", log_tables=False)
+    assert readme in paths
+    text = readme.read_text()
+    assert text.startswith("# hu19\n\nIntro.\n\n<!-- results:start -->\n") and text.endswith(
+        "<!-- results:end -->\n\nOutro.\n")
+    assert "old numbers" not in text
+    assert "](../../reports/figures/hu19_t1.png)" in text and "](figures/" not in text
+    md = (tmp_path / "reports" / "hu19.md").read_text()
+    assert section(text, "t1").replace("../../reports/", "") == section(md, "t1")
+    report.write_reports(toy, "cpu", log_tables=False)
+    assert readme.read_text() == text   # idempotent
+
+
+def test_readme_without_markers_is_left_alone(toy, tmp_path):
+    readme = tmp_path / "papers" / "hu19" / "README.md"
+    readme.write_text("# hu19\n\nNo generated block here.\n")
+    assert readme not in report.write_reports(toy, "cpu", log_tables=False)
+    assert readme.read_text() == "# hu19\n\nNo generated block here.\n"
+
+
+def test_table_summaries_are_logged(toy, monkeypatch):
+    calls = []
+
+    class RecordingTracker:
+        def __init__(self, uri):
+            assert uri == "none"
+
+        def log_table(self, paper, table, profile, cells, artifacts):
+            calls.append((paper, table, profile, cells, artifacts))
+
+    monkeypatch.setattr(report, "Tracker", RecordingTracker)
+    report.write_reports(toy, "cpu", log_tables=False)
+    assert calls == []
+    report.write_reports(toy, "cpu")
+    assert [c[:3] for c in calls] == [("hu19", "t1", "cpu"), ("hu19", "t2", "cpu")]
+    t1_cells = calls[0][3]
+    assert t1_cells[0] == {"setting": "s1", "method": "base", "mean": 55.0, "std": 2.0, "n": 2, "verdict": "FAIL"}
+    assert t1_cells[2]["n"] == 0 and t1_cells[2]["verdict"] == "NOT RUN: needs a GPU"
+    assert calls[1][4] == [report.REPORTS_DIR / "hu19.md", report.REPORTS_DIR / "figures" / "hu19_t2.png"]
