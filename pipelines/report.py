@@ -224,6 +224,10 @@ def render_table_section(report: TableReport, published: dict, profile: str, fig
     spec = published["tables"][report.table]
     rule = {True: RULE_LIKE_FOR_LIKE, False: RULE_ORDERING}.get(report.like_for_like,
                                                                 RULE_NOT_CONFIGURED.format(profile=profile))
+    if report.like_for_like is None:  # not configured: one line instead of a table of NOT RUN cells
+        return "\n".join([f"## {report.table}: {report.title}", "",
+                          f"NOT RUN: not configured in the `{profile}` profile yet "
+                          f"({len(report.cells)} published cells; see `paper_tables.yaml`).", ""])
     rows = [[spec["settings"][c.setting]["label"], spec["methods"][c.method]["label"], _mean_std(c.paper),
              _mean_std(c.ours), f"{c.ours.mean - c.paper.mean:+.2f}" if c.ours and c.ours.n else "—", c.verdict.text]
             for c in report.cells]
