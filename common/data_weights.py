@@ -54,7 +54,9 @@ class PersistentWeights:
         return self.values[ids].clone()
 
     def update(self, ids: Tensor, meta_grad: Tensor) -> Tensor:
-        new = (self.values[ids] / self.decay - meta_grad.detach().to(self.values.dtype)).clamp(min=WEIGHT_FLOOR)
+        ids = ids.cpu()
+        grad = meta_grad.detach().to(device=self.values.device, dtype=self.values.dtype)
+        new = (self.values[ids] / self.decay - grad).clamp(min=WEIGHT_FLOOR)
         self.values[ids] = new
         return new.clone()
 

@@ -196,6 +196,7 @@ def lookahead_meta_gradient(model: nn.Module, optimizer: torch.optim.Optimizer, 
     if len(optimizer.param_groups) != 1:
         raise ValueError("lookahead_meta_gradient supports one optimizer parameter group")
     group = optimizer.param_groups[0]
+    w = w.to(x.device)
     was_training = model.training
     model.train(not eval_mode)
     try:

@@ -82,7 +82,7 @@ def execute_job(job: Job) -> dict:
         "paper": c["paper"], "table": c["table"], "setting": c["setting"], "method": c["method"],
         "seed": c["seed"], "profile": c["profile"], "config_hash": job.config_hash, "config": c,
         "git_sha": job.git_sha, "metrics": outcome["metrics"], "history": outcome["history"],
-        "wall_s": round(time.time() - start, 2), "threads": job.threads,
+        "wall_s": round(time.time() - start, 2), "threads": job.threads, "device": outcome.get("device", "cpu"),
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     if not write_json_atomic(Path(job.result_path), result, exclusive=True):

@@ -29,6 +29,13 @@ class Batch:
     ids: Tensor           # positions in the training set (for persistent per-example state)
 
 
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto`: the first CUDA GPU when one is present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 @dataclass
 class ArrayData:
     """In-memory tensors of one split."""
@@ -39,11 +46,15 @@ class ArrayData:
     def __len__(self) -> int:
         return len(self.y)
 
+    def to(self, device: torch.device) -> "ArrayData":
+        return ArrayData(self.x.to(device), self.y.to(device))
+
     def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
         order = torch.randperm(len(self), generator=generator) if generator is not None else torch.arange(len(self))
         for start in range(0, len(self), batch_size):
             ids = order[start:start + batch_size]
-            yield Batch(self.x[ids], self.y[ids], ids)
+            on_device = ids.to(self.x.device)
+            yield Batch(self.x[on_device], self.y[on_device], ids)
 
 
 @torch.no_grad()

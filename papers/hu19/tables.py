@@ -18,7 +18,7 @@ from common.data import load_dataset
 from common.data.subsample import SplitSpec, load_or_make_split, split_data_seed
 from common.errors import ConfigError
 from common.models import build_image_model
-from common.training import ArrayData, fit_fixed_steps, fit_with_dev_selection
+from common.training import ArrayData, fit_fixed_steps, fit_with_dev_selection, resolve_device
 from papers.hu19.weighting import WeightingConfig, WeightingMethod, weighted_step
 
 PAPER = "hu19"
@@ -150,14 +150,15 @@ def load_split(config: dict, mirror: str | None, split_path=None) -> tuple[Array
 
 
 def execute(config: dict, mirror: str | None, on_epoch: Callable[[dict], None] | None = None,
-            split_path=None) -> dict:
+            split_path=None, device: str = "auto") -> dict:
     """Run one (table, setting, method, seed); returns metrics and per-epoch history."""
     start = time.time()
+    target = resolve_device(device)
     torch.manual_seed(config["seed"])
     np.random.seed(config["seed"])
-    train, dev, test = load_split(config, mirror, split_path)
+    train, dev, test = (d.to(target) for d in load_split(config, mirror, split_path))
     num_classes = len(config["classes"])
-    model = build_image_model(config["arch"], num_classes, config["pretrained"])
+    model = build_image_model(config["arch"], num_classes, config["pretrained"]).to(target)
     opt_cfg = config["optimizer"]
     optimizer = torch.optim.SGD(model.parameters(), lr=opt_cfg["lr"], momentum=opt_cfg["momentum"],
                                 weight_decay=opt_cfg["weight_decay"])
@@ -185,4 +186,4 @@ def execute(config: dict, mirror: str | None, on_epoch: Callable[[dict], None] |
                "steps_at_best": fit.steps_at_best, "n_train": len(train), "n_dev": len(dev), "n_test": len(test)}
     if any(isinstance(v, float) and math.isnan(v) for v in (fit.test_acc,)):
         metrics["note"] = "dev accuracy never improved; no test evaluation"
-    return {"metrics": metrics, "history": fit.history, "train_s": time.time() - start}
+    return {"metrics": metrics, "history": fit.history, "train_s": time.time() - start, "device": str(target)}

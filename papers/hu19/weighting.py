@@ -41,7 +41,7 @@ def weighted_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Bat
     model.train()
     optimizer.zero_grad(set_to_none=True)
     losses = F.cross_entropy(model(batch.x), batch.y, reduction="none")
-    (losses * weights.detach()).sum().backward()
+    (losses * weights.detach().to(losses.device)).sum().backward()
     optimizer.step()
     return float(losses.detach().mean())
 
@@ -54,7 +54,7 @@ class WeightingMethod:
         if method not in WEIGHTING_METHODS:
             raise ConfigError(f"method: unknown weighting method {method!r}; expected one of {list(WEIGHTING_METHODS)}")
         self.method, self.model, self.optimizer, self.dev, self.cfg = method, model, optimizer, dev, cfg
-        self.class_counts = torch.bincount(train.y, minlength=num_classes).clamp(min=1)
+        self.class_counts = torch.bincount(train.y.cpu(), minlength=num_classes).clamp(min=1)
         self.phi = PersistentWeights(len(train), cfg.w_init, cfg.w_decay) if method == "ours_weight" else None
         self.last_weights: torch.Tensor | None = None
 
@@ -63,7 +63,7 @@ class WeightingMethod:
         if self.method == "base":
             return torch.full((n,), 1.0 / n)
         if self.method == "proportion":
-            return proportion_weights(batch.y, self.class_counts)
+            return proportion_weights(batch.y.cpu(), self.class_counts)
         if self.method == "ren":
             grad = lookahead_meta_gradient(self.model, self.optimizer, batch.x, batch.y, self.dev.x, self.dev.y,
                                            torch.zeros(n))
