@@ -33,7 +33,13 @@ RUNNER_SCHEMA: dict[str, type | tuple[type, ...]] = {
     "workers": int,
     "threads_per_worker": int,
 }
-RUNNER_BACKENDS = ("local",)
+# Optional runner keys (type, default); read by the ray backend, accepted (and ignored) by local.
+RUNNER_OPTIONAL: dict[str, tuple[type | tuple[type, ...], Any]] = {
+    "ray_address": (str, "auto"),      # "auto" | "local" (start one) | "host:port" | "ray://host:port"
+    "num_cpus": ((int, float), 1),     # Ray resources reserved by each run
+    "num_gpus": ((int, float), 0),
+}
+RUNNER_BACKENDS = ("local", "ray")
 
 
 def load_params(path: str | os.PathLike = DEFAULT_PARAMS) -> dict[str, Any]:
@@ -50,21 +56,29 @@ def load_params(path: str | os.PathLike = DEFAULT_PARAMS) -> dict[str, Any]:
     return params
 
 
-def _check_types(block: dict, schema: dict, where: str) -> None:
+def _check_types(block: dict, schema: dict, where: str, optional: dict | None = None) -> None:
+    """Required keys of `schema` must be present; keys of `optional` ({key: (type, default)}) may be."""
     if not isinstance(block, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(block).__name__}")
+    optional = optional or {}
     for key, expected in schema.items():
         if key not in block:
             raise ConfigError(f"{where}.{key}: missing (expected {_type_names(expected)})")
-        value = block[key]
-        if isinstance(value, bool) and expected in (int, float):
-            raise ConfigError(f"{where}.{key}: expected {_type_names(expected)}, got bool {value!r}")
-        if not isinstance(value, expected):
-            raise ConfigError(
-                f"{where}.{key}: expected {_type_names(expected)}, got {type(value).__name__} {value!r}")
-    unknown = sorted(set(block) - set(schema))
+        _check_value(block[key], expected, f"{where}.{key}")
+    for key, (expected, _default) in optional.items():
+        if key in block:
+            _check_value(block[key], expected, f"{where}.{key}")
+    unknown = sorted(set(block) - set(schema) - set(optional))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(schema)}")
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(set(schema) | set(optional))}")
+
+
+def _check_value(value, expected, where: str) -> None:
+    types = expected if isinstance(expected, tuple) else (expected,)
+    if isinstance(value, bool) and bool not in types and (int in types or float in types):
+        raise ConfigError(f"{where}: expected {_type_names(expected)}, got bool {value!r}")
+    if not isinstance(value, expected):
+        raise ConfigError(f"{where}: expected {_type_names(expected)}, got {type(value).__name__} {value!r}")
 
 
 def _type_names(expected) -> str:
@@ -75,12 +89,24 @@ def _type_names(expected) -> str:
 def validate_base(base: dict, where: str = "params.yaml") -> None:
     _check_types(base, BASE_SCHEMA, f"{where}: base")
     check_profile(base["profile"], f"{where}: base.profile")
-    _check_types(base["runner"], RUNNER_SCHEMA, f"{where}: base.runner")
-    if base["runner"]["backend"] not in RUNNER_BACKENDS:
-        raise ConfigError(f"{where}: base.runner.backend: unknown backend {base['runner']['backend']!r}; "
+    _check_types(base["runner"], RUNNER_SCHEMA, f"{where}: base.runner", RUNNER_OPTIONAL)
+    runner = runner_options(base["runner"])
+    if runner["backend"] not in RUNNER_BACKENDS:
+        raise ConfigError(f"{where}: base.runner.backend: unknown backend {runner['backend']!r}; "
                           f"expected one of {list(RUNNER_BACKENDS)}")
-    if base["runner"]["workers"] < 1:
-        raise ConfigError(f"{where}: base.runner.workers: expected >= 1, got {base['runner']['workers']}")
+    if runner["workers"] < 1:
+        raise ConfigError(f"{where}: base.runner.workers: expected >= 1, got {runner['workers']}")
+    for key in ("num_cpus", "num_gpus"):
+        if runner[key] < 0:
+            raise ConfigError(f"{where}: base.runner.{key}: expected a number >= 0, got {runner[key]}")
+    if not runner["ray_address"].strip():
+        raise ConfigError(f"{where}: base.runner.ray_address: expected 'auto', 'local', 'host:port' or "
+                          "'ray://host:port', got an empty string")
+
+
+def runner_options(runner: dict) -> dict[str, Any]:
+    """`base.runner` with the defaults of the optional keys filled in."""
+    return {**{key: default for key, (_type, default) in RUNNER_OPTIONAL.items()}, **runner}
 
 
 def check_profile(profile: str, where: str = "profile") -> str:

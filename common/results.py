@@ -54,6 +54,11 @@ class RunKey:
         return (Path(results_dir) / profile / self.paper / self.table / self.setting / self.method
                 / f"seed{self.seed}.json")
 
+    def checkpoint_path(self, results_dir: Path, profile: str) -> Path:
+        """Where an unfinished run keeps its checkpoint (beside, never inside, the results tree)."""
+        return (Path(results_dir).parent / ".checkpoints" / profile / self.paper / self.table / self.setting
+                / self.method / f"seed{self.seed}.pt")
+
     def label(self) -> str:
         return f"{self.paper}/{self.table}/{self.setting}/{self.method}/seed{self.seed}"
 

@@ -51,6 +51,7 @@ class Job:
     git_sha: str
     split_path: str | None = None
     progress: bool = False
+    checkpoint_path: str | None = None
     key: RunKey = field(init=False)
 
     def __post_init__(self):
@@ -76,7 +77,8 @@ def execute_job(job: Job) -> dict:
             print(f"[{job.key.label()}] {values} ({time.time() - start:.0f}s)", flush=True)
 
     outcome = module.execute(job.config, job.mirror, on_epoch=report_epoch,
-                             split_path=Path(job.split_path) if job.split_path else None)
+                             split_path=Path(job.split_path) if job.split_path else None,
+                             checkpoint_path=job.checkpoint_path)
     c = job.config
     result = {
         "paper": c["paper"], "table": c["table"], "setting": c["setting"], "method": c["method"],
@@ -85,7 +87,10 @@ def execute_job(job: Job) -> dict:
         "wall_s": round(time.time() - start, 2), "threads": job.threads, "device": outcome.get("device", "cpu"),
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    if not write_json_atomic(Path(job.result_path), result, exclusive=True):
+    written = write_json_atomic(Path(job.result_path), result, exclusive=True)
+    if job.checkpoint_path:
+        Path(job.checkpoint_path).unlink(missing_ok=True)
+    if not written:
         existing = read_result(Path(job.result_path))
         if existing["config_hash"] != job.config_hash:
             raise ReproError(f"{job.result_path}: another worker wrote a result with a different config hash")
@@ -126,9 +131,17 @@ class LocalBackend:
 
 
 def make_backend(runner_cfg: dict) -> LocalBackend:
+    """A backend for `base.runner`; anything with the same `map(jobs)` works (e.g. RayBackend)."""
     if runner_cfg["backend"] == "local":
         return LocalBackend(runner_cfg["workers"])
-    raise ReproError(f"base.runner.backend: unknown backend {runner_cfg['backend']!r}; expected 'local'")
+    if runner_cfg["backend"] == "ray":
+        from common.config import runner_options
+        from common.ray_backend import RayBackend  # lazy: ray is an optional dependency
+
+        opts = runner_options(runner_cfg)
+        return RayBackend(opts["ray_address"], num_cpus=opts["num_cpus"], num_gpus=opts["num_gpus"],
+                          workers=opts["workers"])
+    raise ReproError(f"base.runner.backend: unknown backend {runner_cfg['backend']!r}; expected 'local' or 'ray'")
 
 
 @dataclass
@@ -167,7 +180,8 @@ def run_grid(configs: Iterable[dict], *, paper_module: str, results_dir: Path, m
                 report.skipped.append(key.label())
                 continue
             split_path = str(split_path_for(c)) if split_path_for else None
-            jobs.append(Job(paper_module, c, str(path), mirror, threads, sha, split_path, progress))
+            checkpoint = key.checkpoint_path(results_dir, c["profile"])
+            jobs.append(Job(paper_module, c, str(path), mirror, threads, sha, split_path, progress, str(checkpoint)))
         return jobs
 
     def execute(jobs: list[Job]) -> None:

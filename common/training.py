@@ -10,11 +10,12 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
 
+from common.checkpoint import RunCheckpoint, capture, restore
 from common.errors import ReproError
 
 
@@ -96,66 +97,87 @@ StepFn = Callable[[Batch], float]
 def fit_with_dev_selection(model: nn.Module, train: ArrayData, dev: ArrayData, test: ArrayData, *,
                            batch_size: int, epochs: int, step: StepFn, seed_generator: torch.Generator,
                            pretrain_epochs: int = 0, pretrain_step: StepFn | None = None,
-                           min_epochs: int = 0, on_epoch: Callable[[dict], None] | None = None) -> FitResult:
-    history: list[dict] = []
+                           min_epochs: int = 0, on_epoch: Callable[[dict], None] | None = None,
+                           stateful: dict[str, Any] | None = None,
+                           checkpoint: RunCheckpoint | None = None) -> FitResult:
+    """Pretrain epochs (not eligible for selection), then `epochs` epochs with dev evaluation.
 
-    def run_epoch(fn: StepFn) -> tuple[float, int]:
-        losses = []
-        for batch in train.batches(batch_size, seed_generator):
-            loss = fn(batch)
-            check_finite(loss, "training loss")
-            losses.append(loss)
-        return sum(losses) / max(len(losses), 1), len(losses)
+    The test set is scored once, at the end, with the parameters of the first best-dev epoch
+    (the official code scores it at every strict dev improvement: same number, fewer passes).
+    With a checkpoint, state is saved after every epoch and a saved run resumes where it stopped.
+    """
+    stateful = {"model": model, **(stateful or {})}
+    run = {"epoch_done": 0, "steps": 0, "best_dev": -1.0, "best_epoch": 0, "steps_at_best": 0, "history": []}
+    best_state = None
+    saved = checkpoint.load() if checkpoint else None
+    if saved is not None:
+        restore(saved, stateful, seed_generator)
+        run, best_state = saved["run"], saved.get("best_state")
 
-    for epoch in range(1, pretrain_epochs + 1):
-        loss, _ = run_epoch(pretrain_step or step)
-        row = {"phase": "pretrain", "epoch": epoch, "train_loss": loss, "dev_acc": accuracy(model, dev)}
-        history.append(row)
+    for epoch_index in range(run["epoch_done"] + 1, pretrain_epochs + epochs + 1):
+        pretraining = epoch_index <= pretrain_epochs
+        loss, n_steps = _run_epoch(train, batch_size, seed_generator, (pretrain_step or step) if pretraining else step)
+        epoch = epoch_index if pretraining else epoch_index - pretrain_epochs
+        row = {"phase": "pretrain" if pretraining else "train", "epoch": epoch, "train_loss": loss,
+               "dev_acc": accuracy(model, dev)}
+        if not pretraining:
+            run["steps"] += n_steps
+            if epoch > min_epochs and row["dev_acc"] > run["best_dev"]:
+                run.update(best_dev=row["dev_acc"], best_epoch=epoch, steps_at_best=run["steps"])
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        run["history"].append(row)
+        run["epoch_done"] = epoch_index
+        if checkpoint:
+            checkpoint.save({**capture(stateful, seed_generator), "run": run, "best_state": best_state})
         if on_epoch:
             on_epoch(row)
 
-    # The test set is scored once, at the end, with the parameters of the first best-dev epoch
-    # (the official code scores it at every strict dev improvement: same number, fewer passes).
-    best_dev, best_epoch, steps, steps_at_best, best_state, best_row = -1.0, 0, 0, 0, None, None
-    for epoch in range(1, epochs + 1):
-        loss, n_steps = run_epoch(step)
-        steps += n_steps
-        dev_acc = accuracy(model, dev)
-        row = {"phase": "train", "epoch": epoch, "train_loss": loss, "dev_acc": dev_acc}
-        if epoch > min_epochs and dev_acc > best_dev:
-            best_dev, best_epoch, steps_at_best, best_row = dev_acc, epoch, steps, row
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        history.append(row)
-        if on_epoch:
-            on_epoch(row)
     test_acc = float("nan")
     if best_state is not None:
         final_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         model.load_state_dict(best_state)
         test_acc = accuracy(model, test)
         model.load_state_dict(final_state)
-        best_row["test_acc"] = test_acc
-    return FitResult(best_dev, test_acc, best_epoch, steps_at_best, history)
+        selected = [r for r in run["history"] if r["phase"] == "train" and r["epoch"] == run["best_epoch"]]
+        selected[0]["test_acc"] = test_acc
+    return FitResult(run["best_dev"], test_acc, run["best_epoch"], run["steps_at_best"], run["history"])
+
+
+def _run_epoch(train: ArrayData, batch_size: int, generator: torch.Generator, fn: StepFn) -> tuple[float, int]:
+    losses = []
+    for batch in train.batches(batch_size, generator):
+        loss = fn(batch)
+        check_finite(loss, "training loss")
+        losses.append(loss)
+    return sum(losses) / max(len(losses), 1), len(losses)
 
 
 def fit_fixed_steps(model: nn.Module, train: ArrayData, test: ArrayData, *, batch_size: int, total_steps: int,
                     step: StepFn, seed_generator: torch.Generator,
-                    on_epoch: Callable[[dict], None] | None = None) -> FitResult:
-    """Train for exactly `total_steps` steps (epochs cut mid-way if needed), report final test accuracy."""
-    steps, epoch, history = 0, 0, []
-    while steps < total_steps:
-        epoch += 1
+                    on_epoch: Callable[[dict], None] | None = None, stateful: dict[str, Any] | None = None,
+                    checkpoint: RunCheckpoint | None = None) -> FitResult:
+    """Train for exactly `total_steps` steps (the last epoch cut short if needed); final test accuracy."""
+    stateful = {"model": model, **(stateful or {})}
+    run = {"steps": 0, "epoch": 0, "history": []}
+    saved = checkpoint.load() if checkpoint else None
+    if saved is not None:
+        restore(saved, stateful, seed_generator)
+        run = saved["run"]
+    while run["steps"] < total_steps:
         losses = []
         for batch in train.batches(batch_size, seed_generator):
-            if steps >= total_steps:
+            if run["steps"] >= total_steps:
                 break
             loss = step(batch)
             check_finite(loss, "training loss")
             losses.append(loss)
-            steps += 1
-        row = {"phase": "train", "epoch": epoch, "train_loss": sum(losses) / max(len(losses), 1)}
-        history.append(row)
+            run["steps"] += 1
+        run["epoch"] += 1
+        row = {"phase": "train", "epoch": run["epoch"], "train_loss": sum(losses) / max(len(losses), 1)}
+        run["history"].append(row)
+        if checkpoint:
+            checkpoint.save({**capture(stateful, seed_generator), "run": run})
         if on_epoch:
             on_epoch(row)
     test_acc = accuracy(model, test)
-    return FitResult(float("nan"), test_acc, epoch, steps, history)
+    return FitResult(float("nan"), test_acc, run["epoch"], run["steps"], run["history"])

@@ -14,7 +14,10 @@ from pathlib import Path
 import torch
 
 from common.data_weights import normalize
-from common.lookahead import lookahead_meta_gradient, reference_meta_gradient
+from torch.func import jvp
+
+from common.lookahead import (dev_loss_grad, lookahead_meta_gradient, model_buffers, per_example_losses,
+                              reference_meta_gradient, trainable_params)
 from common.models import build_image_model
 from common.results import write_json_atomic
 from common.training import ArrayData, Batch
@@ -77,9 +80,25 @@ def run_benchmark(paper: str = "hu19", repeats: int = 5, out_dir: Path = Path("r
     max_weight_diff = float((w_batched - w_loop).abs().max())
     grad_rel_diff = float((grad_batched - grad_loop).abs().max() / grad_loop.abs().max())
 
+    # Components of the ours_weight meta step, timed alone (what the overhead is made of).
+    model.eval()
+    params, buffers = trainable_params(model), model_buffers(model)
+    _, g_dev = dev_loss_grad(model, params, buffers, dev.x, dev.y)
+
+    def in_eval(fn):
+        def run(b):
+            model.eval()
+            return fn(b)
+        return run
+
+    steps["part: eval fwd/bwd on the batch (sum_i w_i g_i)"] = in_eval(
+        lambda b: dev_loss_grad(model, params, buffers, b.x, b.y))
+    steps["part: dev fwd/bwd at theta'"] = in_eval(lambda b: dev_loss_grad(model, params, buffers, dev.x, dev.y))
+    steps["part: jvp, all <G, g_i>"] = in_eval(
+        lambda b: jvp(lambda p: per_example_losses(model, p, buffers, b.x, b.y), (params,), (g_dev,)))
+    model.train()
     times = {name: [] for name in steps}
     for name, step in steps.items():  # warm-up (allocator, first momentum buffers)
-        model.load_state_dict(init)
         step(batch)
     for _ in range(repeats):
         for name, step in steps.items():

@@ -14,6 +14,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from common.checkpoint import RunCheckpoint
+from common.config import config_hash
 from common.data import load_dataset
 from common.data.subsample import SplitSpec, load_or_make_split, split_data_seed
 from common.errors import ConfigError
@@ -150,7 +152,7 @@ def load_split(config: dict, mirror: str | None, split_path=None) -> tuple[Array
 
 
 def execute(config: dict, mirror: str | None, on_epoch: Callable[[dict], None] | None = None,
-            split_path=None, device: str = "auto") -> dict:
+            split_path=None, device: str = "auto", checkpoint_path=None) -> dict:
     """Run one (table, setting, method, seed); returns metrics and per-epoch history."""
     start = time.time()
     target = resolve_device(device)
@@ -164,13 +166,15 @@ def execute(config: dict, mirror: str | None, on_epoch: Callable[[dict], None] |
                                 weight_decay=opt_cfg["weight_decay"])
     generator = torch.Generator().manual_seed(config["seed"])
     method = config["method"]
+    checkpoint = RunCheckpoint(checkpoint_path, config_hash(config))
 
     if method == "base_val":
         merged = ArrayData(torch.cat([train.x, dev.x]), torch.cat([train.y, dev.y]))
         step = WeightingMethod("base", model, optimizer, merged, dev, num_classes, WeightingConfig())
         fit = fit_fixed_steps(model, merged, test, batch_size=config["batch_size"],
                               total_steps=config["fixed_steps"], step=step, seed_generator=generator,
-                              on_epoch=on_epoch)
+                              on_epoch=on_epoch, stateful={"optimizer": optimizer, "step": step},
+                              checkpoint=checkpoint)
     else:
         wcfg = WeightingConfig(**config.get("weighting", {}))
         step = WeightingMethod(method, model, optimizer, train, dev, num_classes, wcfg)
@@ -181,7 +185,8 @@ def execute(config: dict, mirror: str | None, on_epoch: Callable[[dict], None] |
         fit = fit_with_dev_selection(model, train, dev, test, batch_size=config["batch_size"],
                                      epochs=config["epochs"], step=step, seed_generator=generator,
                                      pretrain_epochs=config.get("pretrain_epochs", 0), pretrain_step=pretrain,
-                                     min_epochs=config["min_epochs"], on_epoch=on_epoch)
+                                     min_epochs=config["min_epochs"], on_epoch=on_epoch,
+                                     stateful={"optimizer": optimizer, "step": step}, checkpoint=checkpoint)
     metrics = {"test_acc": fit.test_acc, "best_dev_acc": fit.best_dev_acc, "best_epoch": fit.best_epoch,
                "steps_at_best": fit.steps_at_best, "n_train": len(train), "n_dev": len(dev), "n_test": len(test)}
     if any(isinstance(v, float) and math.isnan(v) for v in (fit.test_acc,)):

@@ -74,6 +74,13 @@ class WeightingMethod:
         check_finite(grad, "ours_weight meta-gradient")
         return normalize(self.phi.update(batch.ids, grad), self.cfg.norm, self.cfg.softmax_temp)
 
+    def state_dict(self) -> dict:
+        return {"phi": self.phi.state_dict()} if self.phi is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.phi is not None:
+            self.phi.load_state_dict(state["phi"])
+
     def __call__(self, batch: Batch) -> float:
         weights = self.batch_weights(batch)
         self.last_weights = weights

@@ -1,0 +1,170 @@
+"""Crash safety: a run killed at any point resumes to exactly the metrics of an uninterrupted run."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from common.checkpoint import RunCheckpoint
+from common.training import ArrayData, NonFiniteError, fit_fixed_steps, fit_with_dev_selection
+from tests.conftest import REPO
+
+
+class Interrupt(Exception):
+    pass
+
+
+def toy_problem(seed=0):
+    torch.manual_seed(seed)
+    train = ArrayData(torch.randn(40, 3, 4, 4), torch.randint(0, 3, (40,)))
+    dev = ArrayData(torch.randn(10, 3, 4, 4), torch.randint(0, 3, (10,)))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    return train, dev, model, opt
+
+
+def make_step(model, opt, fail_at=None, counter=None):
+    def step(batch):
+        if counter is not None:
+            counter[0] += 1
+            if fail_at is not None and counter[0] == fail_at:
+                raise Interrupt
+        model.train()
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(batch.x), batch.y)  # dropout uses the global torch RNG
+        loss.backward()
+        opt.step()
+        return float(loss)
+    return step
+
+
+def run_selection(ckpt, fail_at=None):
+    train, dev, model, opt = toy_problem()
+    gen = torch.Generator().manual_seed(0)
+    return fit_with_dev_selection(model, train, dev, dev, batch_size=8, epochs=6, pretrain_epochs=2,
+                                  step=make_step(model, opt, fail_at, [0]), seed_generator=gen,
+                                  stateful={"optimizer": opt}, checkpoint=ckpt)
+
+
+@pytest.mark.parametrize("fail_at", [3, 11, 17, 26, 38])
+def test_dev_selection_resumes_identically(tmp_path, fail_at):
+    reference = run_selection(None)
+    ckpt = RunCheckpoint(tmp_path / "run.pt", "h")
+    with pytest.raises(Interrupt):
+        run_selection(ckpt, fail_at)
+    resumed = run_selection(ckpt)
+    assert (resumed.test_acc, resumed.best_epoch, resumed.steps_at_best) == \
+        (reference.test_acc, reference.best_epoch, reference.steps_at_best)
+    assert resumed.history == reference.history
+
+
+def test_fixed_steps_resumes_identically(tmp_path):
+    def go(ckpt, fail_at=None):
+        train, _, model, opt = toy_problem()
+        return fit_fixed_steps(model, train, train, batch_size=8, total_steps=17, seed_generator=torch.Generator().manual_seed(1),
+                               step=make_step(model, opt, fail_at, [0]), stateful={"optimizer": opt}, checkpoint=ckpt)
+    reference = go(None)
+    ckpt = RunCheckpoint(tmp_path / "run.pt", "h")
+    with pytest.raises(Interrupt):
+        go(ckpt, 12)
+    resumed = go(ckpt)
+    assert resumed.test_acc == reference.test_acc and resumed.history == reference.history
+    assert resumed.steps_at_best == 17
+
+
+def test_checkpoint_of_other_config_or_corrupt_is_ignored(tmp_path):
+    RunCheckpoint(tmp_path / "run.pt", "a").save({"run": {"epoch_done": 3}})
+    assert RunCheckpoint(tmp_path / "run.pt", "a").load()["run"]["epoch_done"] == 3
+    assert RunCheckpoint(tmp_path / "run.pt", "b").load() is None
+    (tmp_path / "run.pt").write_bytes(b"truncated")
+    assert RunCheckpoint(tmp_path / "run.pt", "a").load() is None
+    (tmp_path / ".run.pt.x.tmp").write_bytes(b"partial")
+    RunCheckpoint(tmp_path / "run.pt", "a").load()
+    assert not (tmp_path / ".run.pt.x.tmp").exists()
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path):
+    train, dev, model, opt = toy_problem()
+    calls = [0]
+
+    def step(batch):
+        calls[0] += 1
+        return float("nan") if calls[0] == 12 else make_step(model, opt)(batch)
+
+    ckpt = RunCheckpoint(tmp_path / "run.pt", "h")
+    with pytest.raises(NonFiniteError, match="training loss is not finite"):
+        fit_with_dev_selection(model, train, dev, dev, batch_size=8, epochs=4, step=step,
+                               seed_generator=torch.Generator().manual_seed(0), stateful={"optimizer": opt},
+                               checkpoint=ckpt)
+    assert ckpt.load()["run"]["epoch_done"] == 2  # 5 steps per epoch: the 12th is in epoch 3
+
+
+# --- real runs killed with SIGKILL -----------------------------------------------------------
+
+def kill_params(tmp_path, mirror):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["base"].update(results_dir=str(tmp_path / "results"), splits_dir=str(tmp_path / "splits"),
+                          tracking_uri="none", data_mirror=mirror, profile="smoke")
+    params["base"]["runner"].update(workers=1, threads_per_worker=1)
+    table = params["hu19"]["profiles"]["smoke"]["table2"]
+    table.update(epochs=5, seeds=1)
+    table["weighting"]["pretrain_epochs"] = 2
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def repro(params_path, *extra, **popen):
+    cmd = [sys.executable, "-m", "pipelines.cli", "--params", str(params_path), "run", "--table", "table2",
+           "--method", "ours_weight", "--seed", "0", *extra]
+    env = {**os.environ, "REPRO_PROGRESS": "1"}
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            **popen)
+
+
+def finished_result(tmp_path):
+    path = tmp_path / "results/smoke/hu19/table2/not_pretrained/ours_weight/seed0.json"
+    result = json.loads(path.read_text())
+    return result["metrics"], result["history"]
+
+
+def kill_and_resume(tmp_path, mirror, rng, n_points):
+    reference_dir = tmp_path / "reference"
+    reference_dir.mkdir()
+    assert repro(kill_params(reference_dir, mirror)).wait(timeout=600) == 0
+    reference = finished_result(reference_dir)
+    for i in range(n_points):
+        work = tmp_path / f"kill{i}"
+        work.mkdir()
+        params = kill_params(work, mirror)
+        proc = repro(params)
+        after_epochs = rng.randint(0, 6)   # 7 epochs in all (2 pretrain + 5)
+        seen = 0
+        while seen < after_epochs:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            seen += "phase=" in line
+        time.sleep(rng.uniform(0.0, 1.0))  # land anywhere inside the next epoch
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert repro(params).wait(timeout=600) == 0
+        assert finished_result(work) == reference, f"kill point {i} (after {after_epochs} epochs)"
+        assert not list((work / ".checkpoints").rglob("*.pt")), "checkpoint removed once the result exists"
+
+
+def test_sigkill_at_5_points_resumes_to_identical_metrics(tmp_path, mirror):
+    kill_and_resume(tmp_path, mirror, random.Random(5), 5)
+
+
+@pytest.mark.slow
+def test_sigkill_at_20_points_resumes_to_identical_metrics(tmp_path, mirror):
+    kill_and_resume(tmp_path, mirror, random.Random(20), 20)

@@ -1,0 +1,14 @@
+"""The benchmark's batched weights equal the per-example loop's, and it records ratios."""
+import json
+
+from pipelines.bench import run_benchmark
+
+
+def test_benchmark_smoke_profile(tmp_path):
+    path = run_benchmark("hu19", repeats=1, out_dir=tmp_path, profile="smoke")
+    bench = json.loads(path.read_text())
+    assert bench["weights_match_loop_1e-5"] and bench["max_rel_meta_grad_diff_vs_loop"] < 1e-4
+    rows = {r["name"]: r for r in bench["rows"]}
+    assert rows["base"]["ratio_to_base"] == 1.0
+    assert {"ren", "ours_weight", "ours_weight_loop"} <= set(rows)
+    assert all(r["seconds_per_step"] > 0 for r in rows.values())
