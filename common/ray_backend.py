@@ -55,7 +55,7 @@ def _run_on_node(job: Job) -> tuple[dict, str]:
 def _with_absolute_paths(job: Job) -> Job:
     paths = {name: str(Path(getattr(job, name)).absolute())
              for name in ("result_path", "split_path", "checkpoint_path") if getattr(job, name, None)}
-    return dataclasses.replace(job, **paths)
+    return dataclasses.replace(job, in_worker=True, **paths)
 
 
 def keep_driver_copy(path: Path, result: dict) -> None:

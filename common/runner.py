@@ -8,6 +8,7 @@ so a cluster backend can be added beside `LocalBackend` without touching the res
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import importlib
 import logging
@@ -23,6 +24,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from common.config import config_hash
 from common.errors import ReproError
+from common.progress import progress_bar
 from common.results import RunKey, archive_result, read_result, result_status, write_json_atomic
 
 log = logging.getLogger("repro.runner")
@@ -52,6 +54,7 @@ class Job:
     split_path: str | None = None
     progress: bool = False
     checkpoint_path: str | None = None
+    in_worker: bool = False        # set by pooled backends: per-epoch lines instead of a bar
     key: RunKey = field(init=False)
 
     def __post_init__(self):
@@ -71,14 +74,24 @@ def execute_job(job: Job) -> dict:
     module = importlib.import_module(job.paper_module)
     start = time.time()
 
-    def report_epoch(row: dict) -> None:
-        if job.progress:
-            values = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
-            print(f"[{job.key.label()}] {values} ({time.time() - start:.0f}s)", flush=True)
+    c = job.config
+    n_epochs = c.get("epochs", 0) + c.get("pretrain_epochs", 0) if "fixed_steps" not in c else None
+    bar = progress_bar(n_epochs, job.key.label(), "epoch", job.progress and not job.in_worker, position=1,
+                       leave=False)
 
-    outcome = module.execute(job.config, job.mirror, on_epoch=report_epoch,
-                             split_path=Path(job.split_path) if job.split_path else None,
-                             checkpoint_path=job.checkpoint_path)
+    def report_epoch(row: dict) -> None:
+        values = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+        if job.progress and job.in_worker:
+            print(f"[{job.key.label()}] {values} ({time.time() - start:.0f}s)", flush=True)
+        bar.set_postfix_str(values, refresh=False)
+        bar.update(1)
+
+    try:
+        outcome = module.execute(c, job.mirror, on_epoch=report_epoch,
+                                 split_path=Path(job.split_path) if job.split_path else None,
+                                 checkpoint_path=job.checkpoint_path)
+    finally:
+        bar.close()
     c = job.config
     result = {
         "paper": c["paper"], "table": c["table"], "setting": c["setting"], "method": c["method"],
@@ -121,7 +134,7 @@ class LocalBackend:
                     yield job, None, traceback.format_exc()
             return
         with ProcessPoolExecutor(self.workers, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(execute_job, job): job for job in jobs}
+            futures = {pool.submit(execute_job, dataclasses.replace(job, in_worker=True)): job for job in jobs}
             for fut in as_completed(futures):
                 job = futures[fut]
                 try:
@@ -188,15 +201,17 @@ def run_grid(configs: Iterable[dict], *, paper_module: str, results_dir: Path, m
         if dry_run:
             report.done.extend(f"(dry run) {j.key.label()}" for j in jobs)
             return
-        for job, result, error in backend.map(jobs):
-            if error is not None:
-                report.failed[job.key.label()] = error
-                log.error("run %s failed:\n%s", job.key.label(), error)
-                continue
-            report.done.append(job.key.label())
-            log.info("finished %s: %s", job.key.label(), result["metrics"])
-            if on_result:
-                on_result(result)
+        with progress_bar(len(jobs), "runs", "run", progress) as bar:
+            for job, result, error in backend.map(jobs):
+                bar.update(1)
+                if error is not None:
+                    report.failed[job.key.label()] = error
+                    log.error("run %s failed:\n%s", job.key.label(), error)
+                    continue
+                report.done.append(job.key.label())
+                log.info("finished %s: %s", job.key.label(), result["metrics"])
+                if on_result:
+                    on_result(result)
 
     execute(plan(independent))
     resolved = []

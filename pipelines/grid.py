@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from common.config import config_hash, data_mirror, table_config
@@ -10,6 +9,7 @@ from common.data import load_dataset
 from common.data.subsample import SplitSpec, load_or_make_split
 from common.errors import ConfigError
 from common.results import collect_results
+from common.progress import progress_enabled
 from common.runner import GridReport, make_backend, run_grid
 from common.tracking import Tracker
 from pipelines.papers import PAPER_MODULES, paper_module
@@ -84,7 +84,7 @@ def run_tables(params: dict, paper: str, profile: str, tables: list[str], *, set
                     threads=runner_cfg["threads_per_worker"], resolve=module.resolve_requirements,
                     split_path_for=lambda c: split_path(Path(base["splits_dir"]), c),
                     replace_changed=replace_changed, on_result=tracker.log_result, dry_run=dry_run,
-                    progress=os.environ.get("REPRO_PROGRESS") == "1")
+                    progress=progress_enabled())
 
 
 def sync_tracking(params: dict, profile: str) -> int:
