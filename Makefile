@@ -9,6 +9,7 @@ MLFLOW_PORT ?= 5000
 setup:  ## install torch (CPU machines here: the on-disk 2.14.1 build), the project and test tools
 	$(PIP) install -q "torch==2.14.1" "torchvision==0.29.1"
 	$(PIP) install -q -e ".[test]"
+	@test -f /usr/share/wordnet/data.noun || echo "note: WordNet 3.0 (synonym baseline) is missing: apt-get install wordnet-base wordnet-sense-index"
 
 repro:  ## the main job: every stage of dvc.yaml on base.profile (finished runs are skipped)
 	dvc repro
