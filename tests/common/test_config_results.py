@@ -115,3 +115,11 @@ def test_concurrent_exclusive_writers_leave_one_valid_file(tmp_path):
     assert sum(wins) == 1
     assert read_result(path)["config_hash"].startswith("h")
     assert [p.name for p in tmp_path.iterdir()] == ["seed0.json"]  # no temp files left behind
+
+
+def test_result_files_are_strict_json(tmp_path):
+    path = tmp_path / "r.json"
+    write_json_atomic(path, {"metrics": {"best_dev_acc": float("nan"), "x": [float("inf"), 1.0]}})
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"metrics": {"best_dev_acc": None, "x": [None, 1.0]}}
