@@ -36,6 +36,10 @@ class RunCheckpoint:
         except Exception as exc:  # truncated or foreign file: start over, nothing finished is lost
             log.warning("%s: unreadable checkpoint (%s); starting the run from scratch", self.path, exc)
             return None
+        if not isinstance(state, dict):  # e.g. a bare tensor saved there by something else
+            log.warning("%s: not a run checkpoint (a %s); starting the run from scratch", self.path,
+                        type(state).__name__)
+            return None
         if state.get("config_hash") != self.config_hash:
             log.warning("%s: checkpoint of another config (%s); starting from scratch", self.path,
                         state.get("config_hash"))
@@ -45,14 +49,21 @@ class RunCheckpoint:
     def save(self, state: dict[str, Any]) -> None:
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        os.close(fd)
+        tmp = None
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+            os.close(fd)
             torch.save({**state, "config_hash": self.config_hash}, tmp)
             os.replace(tmp, self.path)
+        except OSError as exc:
+            # Unwritable checkpoint folder, or another process starting the same run removed our temp
+            # file as stale (concurrent `repro run`s): a checkpoint is only a shortcut, the run goes on.
+            log.warning("%s: checkpoint not written (%s: %s); the run goes on without it", self.path,
+                        type(exc).__name__, exc)
         finally:
-            Path(tmp).unlink(missing_ok=True)
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
 
     def remove(self) -> None:
         if self.path is not None:

@@ -61,6 +61,9 @@ def _check_types(block: dict, schema: dict, where: str, optional: dict | None = 
     if not isinstance(block, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(block).__name__}")
     optional = optional or {}
+    unknown = sorted(set(block) - set(schema) - set(optional))
+    if unknown:  # checked first: a misspelt key is the likelier cause of a "missing" one
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(set(schema) | set(optional))}")
     for key, expected in schema.items():
         if key not in block:
             raise ConfigError(f"{where}.{key}: missing (expected {_type_names(expected)})")
@@ -68,9 +71,6 @@ def _check_types(block: dict, schema: dict, where: str, optional: dict | None = 
     for key, (expected, _default) in optional.items():
         if key in block:
             _check_value(block[key], expected, f"{where}.{key}")
-    unknown = sorted(set(block) - set(schema) - set(optional))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(set(schema) | set(optional))}")
 
 
 def _check_value(value, expected, where: str) -> None:
@@ -78,7 +78,22 @@ def _check_value(value, expected, where: str) -> None:
     if isinstance(value, bool) and bool not in types and (int in types or float in types):
         raise ConfigError(f"{where}: expected {_type_names(expected)}, got bool {value!r}")
     if not isinstance(value, expected):
-        raise ConfigError(f"{where}: expected {_type_names(expected)}, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{where}: expected {_type_names(expected)}, got {type(value).__name__} {value!r}"
+                          f"{number_as_text_hint(value)}")
+
+
+def number_as_text_hint(value) -> str:
+    """For a string that is a number YAML left as text (`1e-3`, `"2"`): how to write it instead."""
+    if not isinstance(value, str) or not any(ch.isdigit() for ch in value):
+        return ""
+    try:
+        float(value)
+    except ValueError:
+        return ""
+    if "e" in value.lower():
+        return (f" (YAML reads {value} as text: write 0.001-style decimals, or exponents with a dot and a "
+                "signed exponent such as 1.0e-3)")
+    return f" (a quoted number is text in YAML: write {value} without quotes)"
 
 
 def _type_names(expected) -> str:

@@ -138,9 +138,15 @@ class LocalBackend:
             for fut in as_completed(futures):
                 job = futures[fut]
                 try:
-                    yield job, fut.result(), None
+                    result = fut.result()
+                except ReproError:  # bad data/config or a result conflict: stop, as the inline path does
+                    for queued in futures:
+                        queued.cancel()  # runs already started finish and keep their results
+                    raise
                 except Exception:
                     yield job, None, traceback.format_exc()
+                    continue
+                yield job, result, None
 
 
 def make_backend(runner_cfg: dict) -> LocalBackend:
@@ -187,7 +193,10 @@ def run_grid(configs: Iterable[dict], *, paper_module: str, results_dir: Path, m
             except ReproError:
                 if not replace_changed:
                     raise
-                archive_result(path)
+                if dry_run:
+                    read_result(path)  # a dry run moves nothing (but a corrupt file fails as it would)
+                else:
+                    archive_result(path)
                 status = "missing"
             if status == "done":
                 report.skipped.append(key.label())

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 
 from common.config import config_hash, data_mirror, table_config
@@ -50,9 +51,22 @@ def split_path(splits_dir: Path, config: dict) -> Path:
             / f"{config['setting']}_dataseed{config['data_seed']}_{config_hash(spec)[:8]}.json")
 
 
+def writable_dir(path: Path, key: str) -> None:
+    """Create base.<key> if needed and check a file can be made there, before any run starts (else a run
+    would train first and then fail writing its split or result with a raw OSError)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-", suffix=".tmp"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"base.{key}: cannot write to {path} ({type(exc).__name__}: {exc.strerror or exc}); "
+                          f"set base.{key} in the params file to a folder you can write to") from exc
+
+
 def prepare(params: dict, paper: str, profile: str, tables: list[str]) -> list[Path]:
     """Write the split index files of every run (fixed protocol: one per setting)."""
     base = params["base"]
+    writable_dir(Path(base["splits_dir"]), "splits_dir")
     written = []
     for table in tables:
         for c in table_configs(params, paper, profile, table):
@@ -77,7 +91,12 @@ def run_tables(params: dict, paper: str, profile: str, tables: list[str], *, set
     configs = order_runs(select(configs, setting, method, seed))
     runner_cfg = dict(base["runner"])
     if workers is not None:
+        if workers < 1:
+            raise ConfigError(f"--workers: expected a number >= 1, got {workers}")
         runner_cfg["workers"] = workers
+    if not dry_run:
+        writable_dir(Path(base["results_dir"]), "results_dir")
+        writable_dir(Path(base["splits_dir"]), "splits_dir")
     tracker = Tracker(base["tracking_uri"])
     return run_grid(configs, paper_module=PAPER_MODULES[paper], results_dir=Path(base["results_dir"]),
                     mirror=data_mirror(base), backend=make_backend(runner_cfg),

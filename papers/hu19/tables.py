@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from common.checkpoint import RunCheckpoint
-from common.config import config_hash
+from common.config import config_hash, number_as_text_hint
 from common.data import load_dataset
 from common.data.subsample import SplitSpec, load_or_make_split, split_data_seed
 from common.errors import ConfigError
@@ -62,21 +62,51 @@ def validate_table_config(table: str, cfg: dict, where: str) -> None:
     if table not in TABLES:
         raise ConfigError(f"{where}: unknown hu19 table {table!r}; known: {sorted(TABLES)}")
     _check_keys(cfg, TABLE_KEYS, where)
-    for key, kind in (("seeds", int), ("batch_size", int), ("epochs", int), ("lr", float), ("arch", str)):
-        if key not in cfg:
-            raise ConfigError(f"{where}.{key}: missing")
-        if not isinstance(cfg[key], (int, float) if kind is float else kind) or isinstance(cfg[key], bool):
-            raise ConfigError(f"{where}.{key}: expected {kind.__name__}, got {cfg[key]!r}")
-    bad = [m for m in cfg.get("methods", []) if m not in TABLES[table].methods]
+    required = REQUIRED_TABLE_KEYS + (("classes",) if table == "table4" else ())
+    _check_types(cfg, TABLE_TYPES, required, where)
+    bad = [m for m in cfg["methods"] if m not in TABLES[table].methods]
     if bad:
         raise ConfigError(f"{where}.methods: unknown method(s) {bad} for {table}; "
                           f"expected a subset of {list(TABLES[table].methods)}")
     _check_keys(cfg.get("weighting", {}), WEIGHTING_KEYS, f"{where}.weighting")
-    for name, override in cfg.get("settings", {}).items():
+    _check_types(cfg.get("weighting", {}), WEIGHTING_TYPES,
+                 ("w_init", "w_decay", "norm", "softmax_temp") if "ours_weight" in cfg["methods"] else (),
+                 f"{where}.weighting")
+    for name, override in cfg["settings"].items():
         if name not in TABLES[table].settings:
             raise ConfigError(f"{where}.settings: unknown setting {name!r} for {table}; "
                               f"expected one of {list(TABLES[table].settings)}")
         _check_keys(override, SETTING_KEYS, f"{where}.settings.{name}")
+        _check_types(override, SETTING_TYPES, ("minority",) if table == "table4" else (),
+                     f"{where}.settings.{name}")
+
+
+# Types of the values run_config reads (float accepts int; bool is never an int/float), and the keys
+# it needs: a wrong or missing value is reported here, not as a TypeError/KeyError inside a run.
+TABLE_TYPES = {"seeds": int, "dataset": str, "protocol": str, "data_seed": int, "arch": str, "batch_size": int,
+               "epochs": int, "min_epochs": int, "lr": float, "momentum": float, "weight_decay": float,
+               "train_per_class": int, "dev_per_class": int, "dev_pool_size": int, "test_limit": (int, type(None)),
+               "classes": list, "methods": list, "weighting": dict, "settings": dict, "not_run": dict}
+REQUIRED_TABLE_KEYS = ("seeds", "dataset", "protocol", "data_seed", "arch", "batch_size", "epochs", "lr",
+                       "momentum", "weight_decay", "train_per_class", "dev_per_class", "dev_pool_size",
+                       "methods", "settings")
+WEIGHTING_TYPES = {"pretrain_epochs": int, "w_init": float, "w_decay": float, "norm": str, "softmax_temp": float}
+SETTING_TYPES = {"pretrained": bool, "minority": int, "w_decay": float}
+
+
+def _check_types(block: dict, types: dict, required: tuple, where: str) -> None:
+    for key in required:
+        if key not in block:
+            raise ConfigError(f"{where}.{key}: missing")
+    for key, kind in types.items():
+        if key not in block:
+            continue
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        accepted = tuple(t for k in kinds for t in ((int, float) if k is float else (k,)))
+        value = block[key]
+        if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in kinds):
+            names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+            raise ConfigError(f"{where}.{key}: expected {names}, got {value!r}{number_as_text_hint(value)}")
 
 
 def run_configs(table: str, cfg: dict, profile: str) -> list[dict[str, Any]]:
