@@ -21,6 +21,7 @@ Models are called through torch.func.functional_call in whatever train/eval mode
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -35,7 +36,10 @@ ParamDict = dict[str, Tensor]
 class SGDHyper:
     lr: float
     momentum: float = 0.0
-    weight_decay: float = 0.0
+    weight_decay: float | Mapping[str, float] = 0.0   # one value, or per parameter name
+
+    def decay(self, name: str) -> float:
+        return _decay_of(self.weight_decay, name)
 
 
 @dataclass(frozen=True)
@@ -43,9 +47,16 @@ class AdamHyper:
     lr: float
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
-    weight_decay: float = 0.0
+    weight_decay: float | Mapping[str, float] = 0.0   # one value, or per parameter name
     decoupled: bool = False        # AdamW-style decay (theta <- theta - lr*lambda*theta)
     bias_correction: bool = True
+
+    def decay(self, name: str) -> float:
+        return _decay_of(self.weight_decay, name)
+
+
+def _decay_of(weight_decay: float | Mapping[str, float], name: str) -> float:
+    return float(weight_decay.get(name, 0.0)) if isinstance(weight_decay, Mapping) else float(weight_decay)
 
 
 def trainable_params(model: nn.Module) -> ParamDict:
@@ -108,7 +119,7 @@ def sgd_meta_gradient(model: nn.Module, params: ParamDict, buffers: ParamDict, x
         sum_g = torch.autograd.grad(weighted, leaves)
         total_w = float(w.detach().sum())
         # theta' = theta - lr * (S * (mu m + lambda theta) + sum_i w_i g_i), S = sum_i w_i (fused, in place)
-        ahead = torch._foreach_mul(theta, 1.0 - hp.lr * total_w * hp.weight_decay)
+        ahead = torch._foreach_mul(theta, [1.0 - hp.lr * total_w * hp.decay(n) for n in names])
         torch._foreach_add_(ahead, momentum, alpha=-hp.lr * total_w * hp.momentum)
         torch._foreach_add_(ahead, list(sum_g), alpha=-hp.lr)
         lookahead = dict(zip(names, ahead))
@@ -117,7 +128,7 @@ def sgd_meta_gradient(model: nn.Module, params: ParamDict, buffers: ParamDict, x
     _, g_dev = dev_loss_grad(model, lookahead, buffers, dev_x, dev_y)
     # <G, mu m + lambda theta>: the part of every Delta_i that does not depend on the example.
     shared = sum(hp.momentum * torch.vdot(g_dev[n].flatten(), momentum_buf[n].flatten())
-                 + hp.weight_decay * torch.vdot(g_dev[n].flatten(), params[n].flatten()) for n in names)
+                 + hp.decay(n) * torch.vdot(g_dev[n].flatten(), params[n].flatten()) for n in names)
     # <G, g_i> for every i at once: the directional derivative of each example's loss along G.
     _, dots = jvp(lambda p: per_example_losses(model, p, buffers, x, y), (params,), (g_dev,))
     return -hp.lr * (shared + dots.detach())
@@ -141,13 +152,14 @@ def adam_deltas(params: ParamDict, grads: ParamDict, exp_avg: ParamDict, exp_avg
     deltas = {}
     for n, g in grads.items():
         p = params[n]
-        if hp.weight_decay and not hp.decoupled:
-            g = g + hp.weight_decay * p
+        decay = hp.decay(n)
+        if decay and not hp.decoupled:
+            g = g + decay * p
         m = b1 * exp_avg[n] + (1 - b1) * g
         v = b2 * exp_avg_sq[n] + (1 - b2) * g * g
         delta = -(hp.lr / bc1) * m / ((v / bc2).sqrt() + hp.eps)
-        if hp.weight_decay and hp.decoupled:
-            delta = delta - hp.lr * hp.weight_decay * p
+        if decay and hp.decoupled:
+            delta = delta - hp.lr * decay * p
         deltas[n] = delta
     return deltas
 
@@ -170,12 +182,15 @@ def reference_meta_gradient(model: nn.Module, optimizer: torch.optim.Optimizer, 
     Delta_i = theta_new - theta; then autograd through theta + sum_i w_i Delta_i. For tests and
     benchmarks (slow, exact)."""
     names = [n for n, p in model.named_parameters() if p.requires_grad]
+    name_of = {id(p): n for n, p in model.named_parameters()}
     params = trainable_params(model)
     buffers = {n: b.clone() for n, b in model_buffers(model).items()}
     deltas = []
     for i in range(len(x)):
         twin = copy.deepcopy(model)
-        twin_opt = type(optimizer)(twin.parameters(), lr=optimizer.defaults["lr"])
+        twin_params = dict(twin.named_parameters())
+        twin_groups = [{"params": [twin_params[name_of[id(p)]] for p in g["params"]]} for g in optimizer.param_groups]
+        twin_opt = type(optimizer)(twin_groups, lr=optimizer.defaults["lr"])
         # deepcopy: load_state_dict may alias the live optimizer's state tensors.
         twin_opt.load_state_dict(copy.deepcopy(optimizer.state_dict()))
         twin_opt.zero_grad()
@@ -191,11 +206,18 @@ def reference_meta_gradient(model: nn.Module, optimizer: torch.optim.Optimizer, 
 
 def lookahead_meta_gradient(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
                             dev_x: Tensor, dev_y: Tensor, w: Tensor, *, eval_mode: bool = True) -> Tensor:
-    """dL_dev/dw for the optimizer in use (SGD, Adam or AdamW, one parameter group), computed in
-    eval mode by default (BatchNorm running statistics, as the hu19 official code)."""
-    if len(optimizer.param_groups) != 1:
-        raise ValueError("lookahead_meta_gradient supports one optimizer parameter group")
+    """dL_dev/dw for the optimizer in use (SGD, Adam or AdamW), computed in eval mode by default
+    (BatchNorm running statistics, as the hu19 official code). Parameter groups may differ in
+    weight decay only (e.g. no decay on biases and LayerNorm)."""
     group = optimizer.param_groups[0]
+    shared_keys = ("lr", "momentum", "betas", "eps", "nesterov", "dampening")
+    for other in optimizer.param_groups[1:]:
+        differing = [k for k in shared_keys if k in group and other.get(k) != group[k]]
+        if differing:
+            raise ValueError(f"lookahead_meta_gradient: parameter groups differ in {differing}; "
+                             "only weight_decay may differ between groups")
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    decay = {name_of[id(p)]: g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
     w = w.to(x.device)
     was_training = model.training
     model.train(not eval_mode)
@@ -204,11 +226,11 @@ def lookahead_meta_gradient(model: nn.Module, optimizer: torch.optim.Optimizer, 
         if isinstance(optimizer, torch.optim.SGD):
             if group.get("nesterov") or group.get("dampening"):
                 raise ValueError("SGD lookahead supports dampening=0, nesterov=False")
-            hp = SGDHyper(group["lr"], group["momentum"], group["weight_decay"])
+            hp = SGDHyper(group["lr"], group["momentum"], decay)
             return sgd_meta_gradient(model, params, buffers, x, y, dev_x, dev_y, w,
                                      sgd_optimizer_state(optimizer, model), hp)
         if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
-            hp = AdamHyper(group["lr"], tuple(group["betas"]), group["eps"], group["weight_decay"],
+            hp = AdamHyper(group["lr"], tuple(group["betas"]), group["eps"], decay,
                            decoupled=isinstance(optimizer, torch.optim.AdamW))
             return adam_meta_gradient(model, params, buffers, x, y, dev_x, dev_y, w,
                                       adam_optimizer_state(optimizer, model), hp)

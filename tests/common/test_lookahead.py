@@ -128,3 +128,27 @@ def test_unsupported_optimizer_is_a_clear_error(problem):
     opt = torch.optim.RMSprop(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match="RMSprop"):
         lookahead_meta_gradient(model, opt, x, y, dev_x, dev_y, torch.ones(6, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("opt_cls", [torch.optim.SGD, torch.optim.AdamW])
+def test_parameter_groups_with_different_weight_decay(problem, opt_cls):
+    """e.g. BERT fine-tuning: no decay on biases/LayerNorm, 0.01 elsewhere."""
+    x, y, dev_x, dev_y = problem
+    torch.manual_seed(3)
+    model = tiny_model().double()
+    decayed = [p for n, p in model.named_parameters() if n.endswith("weight")]
+    plain = [p for n, p in model.named_parameters() if not n.endswith("weight")]
+    extra = {"momentum": 0.9} if opt_cls is torch.optim.SGD else {}
+    opt = opt_cls([{"params": decayed, "weight_decay": 0.05}, {"params": plain, "weight_decay": 0.0}], lr=0.05,
+                  **extra)
+    for _ in range(2):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval()
+    w = torch.rand(6, dtype=torch.float64)
+    torch.testing.assert_close(lookahead_meta_gradient(model, opt, x, y, dev_x, dev_y, w),
+                               reference_meta_gradient(model, opt, x, y, dev_x, dev_y, w))
+    opt.param_groups[1]["lr"] = 0.1
+    with pytest.raises(ValueError, match=r"differ in \['lr'\]"):
+        lookahead_meta_gradient(model, opt, x, y, dev_x, dev_y, w)
