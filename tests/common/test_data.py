@@ -130,3 +130,9 @@ def test_real_cifar10_from_mirror(mirror):
     assert np.bincount(y[s["train"]]).tolist() == [40] * 10 and min(s["dev"]) >= 49500
     again = load_cifar10(mirror)  # second load comes from the verified cache
     assert np.array_equal(again["train"][0][:5], x[:5])
+
+
+def test_decoded_cache_never_bypasses_verification(tmp_path, mirror):
+    load_cifar10(mirror)                       # fills the decoded-array cache
+    with pytest.raises(DataError, match="checksum mismatch"):
+        load_cifar10(str(fake_mirror(tmp_path)))
