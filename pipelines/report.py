@@ -232,6 +232,9 @@ def render_table_section(report: TableReport, published: dict, profile: str, fig
              _mean_std(c.ours), f"{c.ours.mean - c.paper.mean:+.2f}" if c.ours and c.ours.n else "—", c.verdict.text]
             for c in report.cells]
     lines = [f"## {report.table}: {report.title}", "", rule, "", *_markdown_table(COLUMNS, rows), ""]
+    notes = spec.get("implementation_notes", [])
+    if notes:
+        lines += ["Notes on the published numbers:", "", *[f"- {note}" for note in notes], ""]
     if report.footnotes:
         lines += ["Footnotes (differences from the `paper` profile):", ""]
         lines += [f"{i}. {note}" for i, note in enumerate(report.footnotes, start=1)] + [""]

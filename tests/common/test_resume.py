@@ -42,7 +42,7 @@ def make_step(model, opt, fail_at=None, counter=None):
         loss = nn.functional.cross_entropy(model(batch.x), batch.y)  # dropout uses the global torch RNG
         loss.backward()
         opt.step()
-        return float(loss)
+        return float(loss.detach())
     return step
 
 
