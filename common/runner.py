@@ -100,6 +100,8 @@ def execute_job(job: Job) -> dict:
         "wall_s": round(time.time() - start, 2), "threads": job.threads, "device": outcome.get("device", "cpu"),
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if outcome.get("diverged"):
+        result["diverged"] = outcome["diverged"]
     written = write_json_atomic(Path(job.result_path), result, exclusive=True)
     if job.checkpoint_path:
         Path(job.checkpoint_path).unlink(missing_ok=True)

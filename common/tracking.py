@@ -69,6 +69,8 @@ class Tracker:
         tags = {k: str(result[k]) for k in ("paper", "table", "setting", "method", "seed", "profile", "git_sha",
                                             "config_hash")}
         tags.update({"stage": "run", "result_id": result_id(result)})
+        if result.get("diverged"):
+            tags["diverged_epoch"] = str(result["diverged"]["epoch"])
         name = f"{result['table']}/{result['setting']}/{result['method']}/seed{result['seed']}"
         with mlflow.start_run(run_name=name, tags=tags):
             mlflow.log_params(_flatten(result.get("config", {})))

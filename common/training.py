@@ -79,7 +79,7 @@ def accuracy(model: nn.Module, data: ArrayData, batch_size: int = 500) -> float:
 def check_finite(value: float | Tensor, what: str) -> None:
     bad = not torch.isfinite(value).all() if isinstance(value, Tensor) else not math.isfinite(value)
     if bad:
-        raise NonFiniteError(f"{what} is not finite (NaN/inf); the run stops here")
+        raise NonFiniteError(f"{what} is not finite (NaN/inf)")
 
 
 @dataclass
@@ -89,6 +89,7 @@ class FitResult:
     best_epoch: int                # 1-based epoch of the first best dev accuracy (0: none)
     steps_at_best: int             # optimizer steps taken (after pretraining) at that epoch
     history: list[dict] = field(default_factory=list)
+    diverged: dict | None = None   # {"epoch", "reason"} when training stopped on a NaN/inf
 
 
 StepFn = Callable[[Batch], float]
@@ -105,6 +106,11 @@ def fit_with_dev_selection(model: nn.Module, train: ArrayData, dev: ArrayData, t
     The test set is scored once, at the end, with the parameters of the first best-dev epoch
     (the official code scores it at every strict dev improvement: same number, fewer passes).
     With a checkpoint, state is saved after every epoch and a saved run resumes where it stopped.
+
+    Divergence: a NaN/inf loss or meta-gradient in a (non-pretrain) epoch ends training there and
+    is recorded in `diverged`; the result is the test accuracy at the best dev epoch before it.
+    This is what the official loop reports when its weights overflow (a NaN model never beats the
+    best dev accuracy again), made explicit instead of burning the remaining epochs on NaNs.
     """
     stateful = {"model": model, **(stateful or {})}
     run = {"epoch_done": 0, "steps": 0, "best_dev": -1.0, "best_epoch": 0, "steps_at_best": 0, "history": []}
@@ -114,10 +120,24 @@ def fit_with_dev_selection(model: nn.Module, train: ArrayData, dev: ArrayData, t
         restore(saved, stateful, seed_generator)
         run, best_state = saved["run"], saved.get("best_state")
 
-    for epoch_index in range(run["epoch_done"] + 1, pretrain_epochs + epochs + 1):
+    last_epoch = run["epoch_done"] if run.get("diverged") else pretrain_epochs + epochs
+    for epoch_index in range(run["epoch_done"] + 1, last_epoch + 1):
         pretraining = epoch_index <= pretrain_epochs
-        loss, n_steps = _run_epoch(train, batch_size, seed_generator, (pretrain_step or step) if pretraining else step)
         epoch = epoch_index if pretraining else epoch_index - pretrain_epochs
+        try:
+            loss, n_steps = _run_epoch(train, batch_size, seed_generator,
+                                       (pretrain_step or step) if pretraining else step)
+        except NonFiniteError as exc:
+            if pretraining:
+                raise
+            run["diverged"] = {"epoch": epoch, "reason": str(exc)}
+            run["history"].append({"phase": "train", "epoch": epoch, "diverged": str(exc)})
+            run["epoch_done"] = epoch_index
+            if checkpoint:
+                checkpoint.save({**capture(stateful, seed_generator), "run": run, "best_state": best_state})
+            if on_epoch:
+                on_epoch(run["history"][-1])
+            break
         row = {"phase": "pretrain" if pretraining else "train", "epoch": epoch, "train_loss": loss,
                "dev_acc": accuracy(model, dev)}
         if not pretraining:
@@ -140,7 +160,8 @@ def fit_with_dev_selection(model: nn.Module, train: ArrayData, dev: ArrayData, t
         model.load_state_dict(final_state)
         selected = [r for r in run["history"] if r["phase"] == "train" and r["epoch"] == run["best_epoch"]]
         selected[0]["test_acc"] = test_acc
-    return FitResult(run["best_dev"], test_acc, run["best_epoch"], run["steps_at_best"], run["history"])
+    return FitResult(run["best_dev"], test_acc, run["best_epoch"], run["steps_at_best"], run["history"],
+                     run.get("diverged"))
 
 
 def _run_epoch(train: ArrayData, batch_size: int, generator: torch.Generator, fn: StepFn) -> tuple[float, int]:

@@ -9,6 +9,7 @@ Output is deterministic: yaml order, 2-decimal numbers, no timestamps.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -51,6 +52,7 @@ class Stats:
     mean: float
     std: float
     n_failed: int = 0
+    n_diverged: int = 0    # counted in n: training stopped on NaN/inf, test acc from the best dev epoch before
 
 
 @dataclass(frozen=True)
@@ -101,9 +103,12 @@ def seed_stats(values: list[float | None]) -> Stats:
 def aggregate(results: list[dict]) -> dict[tuple[str, str, str], Stats]:
     """Stats of test_acc per (table, setting, method)."""
     values: dict[tuple[str, str, str], list[float]] = {}
+    diverged: dict[tuple[str, str, str], int] = {}
     for r in results:
-        values.setdefault((r["table"], r["setting"], r["method"]), []).append(r["metrics"]["test_acc"])
-    return {key: seed_stats(v) for key, v in values.items()}
+        key = (r["table"], r["setting"], r["method"])
+        values.setdefault(key, []).append(r["metrics"]["test_acc"])
+        diverged[key] = diverged.get(key, 0) + bool(r.get("diverged"))
+    return {key: dataclasses.replace(seed_stats(v), n_diverged=diverged[key]) for key, v in values.items()}
 
 
 def _yaml_value(value) -> str:
@@ -208,7 +213,8 @@ def _mean_std(stats: Stats | None) -> str:
     if stats is None:
         return "—"
     text = "—" if stats.n == 0 else f"{stats.mean:.2f} ± {stats.std:.2f}"
-    return f"{text} ({stats.n})" + (f", {stats.n_failed} failed" if stats.n_failed else "")
+    return (f"{text} ({stats.n})" + (f", {stats.n_failed} failed" if stats.n_failed else "")
+            + (f", {stats.n_diverged} diverged" if stats.n_diverged else ""))
 
 
 def _markdown_row(values) -> str:
@@ -232,6 +238,12 @@ def render_table_section(report: TableReport, published: dict, profile: str, fig
              _mean_std(c.ours), f"{c.ours.mean - c.paper.mean:+.2f}" if c.ours and c.ours.n else "—", c.verdict.text]
             for c in report.cells]
     lines = [f"## {report.table}: {report.title}", "", rule, "", *_markdown_table(COLUMNS, rows), ""]
+    if any(c.ours and c.ours.n_diverged for c in report.cells):
+        lines += ["Diverged runs: training stopped when a loss or meta-gradient became NaN/inf; such a run "
+                  "counts with the test accuracy of its best dev epoch before the divergence (what the "
+                  "official loop reports, since a NaN model never beats its best dev accuracy again). "
+                  "Epochs: " + ", ".join(f"{r['method']} seed {r['seed']} at {r['diverged']['epoch']}"
+                                         for r in report.runs if r.get("diverged")) + ".", ""]
     notes = spec.get("implementation_notes", [])
     if notes:
         lines += ["Notes on the published numbers:", "", *[f"- {note}" for note in notes], ""]

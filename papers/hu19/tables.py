@@ -221,4 +221,9 @@ def execute(config: dict, mirror: str | None, on_epoch: Callable[[dict], None] |
                "steps_at_best": fit.steps_at_best, "n_train": len(train), "n_dev": len(dev), "n_test": len(test)}
     if any(isinstance(v, float) and math.isnan(v) for v in (fit.test_acc,)):
         metrics["note"] = "dev accuracy never improved; no test evaluation"
-    return {"metrics": metrics, "history": fit.history, "train_s": time.time() - start, "device": str(target)}
+    if method == "ours_weight":
+        metrics["phi_max"] = float(step.phi.values.max())
+    outcome = {"metrics": metrics, "history": fit.history, "train_s": time.time() - start, "device": str(target)}
+    if getattr(fit, "diverged", None):
+        outcome["diverged"] = fit.diverged
+    return outcome

@@ -1,5 +1,6 @@
 """Crash safety: a run killed at any point resumes to exactly the metrics of an uninterrupted run."""
 import json
+import math
 import os
 import random
 import signal
@@ -91,7 +92,7 @@ def test_checkpoint_of_other_config_or_corrupt_is_ignored(tmp_path):
     assert not (tmp_path / ".run.pt.x.tmp").exists()
 
 
-def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path):
+def test_nan_loss_ends_training_as_diverged_and_keeps_best_dev_result(tmp_path):
     train, dev, model, opt = toy_problem()
     calls = [0]
 
@@ -100,11 +101,31 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path):
         return float("nan") if calls[0] == 12 else make_step(model, opt)(batch)
 
     ckpt = RunCheckpoint(tmp_path / "run.pt", "h")
+    fit = fit_with_dev_selection(model, train, dev, dev, batch_size=8, epochs=4, step=step,
+                                 seed_generator=torch.Generator().manual_seed(0), stateful={"optimizer": opt},
+                                 checkpoint=ckpt)
+    # 5 steps per epoch: the 12th is in epoch 3; epochs 1-2 were scored, 4 never ran
+    assert fit.diverged["epoch"] == 3 and "training loss is not finite" in fit.diverged["reason"]
+    assert 1 <= fit.best_epoch <= 2 and math.isfinite(fit.test_acc)
+    assert [r.get("diverged") is not None for r in fit.history] == [False, False, True]
+    assert calls[0] == 12
+    # resuming a diverged run does not train again and gives the same result
+    again = fit_with_dev_selection(model, train, dev, dev, batch_size=8, epochs=4, step=step,
+                                   seed_generator=torch.Generator().manual_seed(0), stateful={"optimizer": opt},
+                                   checkpoint=ckpt)
+    assert calls[0] == 12 and again.diverged == fit.diverged and again.test_acc == fit.test_acc
+
+
+def test_nan_loss_in_pretraining_is_an_error(tmp_path):
+    train, dev, model, opt = toy_problem()
+
+    def nan_step(batch):
+        return float("nan")
+
     with pytest.raises(NonFiniteError, match="training loss is not finite"):
-        fit_with_dev_selection(model, train, dev, dev, batch_size=8, epochs=4, step=step,
-                               seed_generator=torch.Generator().manual_seed(0), stateful={"optimizer": opt},
-                               checkpoint=ckpt)
-    assert ckpt.load()["run"]["epoch_done"] == 2  # 5 steps per epoch: the 12th is in epoch 3
+        fit_with_dev_selection(model, train, dev, dev, batch_size=8, epochs=2, step=make_step(model, opt),
+                               seed_generator=torch.Generator().manual_seed(0), pretrain_epochs=1,
+                               pretrain_step=nan_step)
 
 
 # --- real runs killed with SIGKILL -----------------------------------------------------------
