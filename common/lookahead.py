@@ -157,7 +157,9 @@ def adam_deltas(params: ParamDict, grads: ParamDict, exp_avg: ParamDict, exp_avg
             g = g + decay * p
         m = b1 * exp_avg[n] + (1 - b1) * g
         v = b2 * exp_avg_sq[n] + (1 - b2) * g * g
-        delta = -(hp.lr / bc1) * m / ((v / bc2).sqrt() + hp.eps)
+        # clamp: sqrt'(0) is infinite, so a differentiable step (second-order meta step) would get
+        # NaN (inf * 0) wherever v = 0; the value changes by < 1e-18, far below eps
+        delta = -(hp.lr / bc1) * m / ((v / bc2).clamp_min(torch.finfo(v.dtype).tiny).sqrt() + hp.eps)
         if decay and hp.decoupled:
             delta = delta - hp.lr * decay * p
         deltas[n] = delta

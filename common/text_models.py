@@ -33,11 +33,15 @@ import contextlib
 import importlib.util
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from common.errors import ConfigError
+
+if TYPE_CHECKING:
+    from common.cbert import SoftTokens
 
 BACKBONES = ("tiny-random-bert", "all-MiniLM-L6-v2", "bert-base-uncased")
 BERT_VOCAB_SIZE = 30522                 # bert-base-uncased WordPiece vocabulary (MiniLM uses the same)
@@ -162,6 +166,15 @@ class TextClassifier(nn.Module):
         embeds = token_probs.to(self.word_embeddings.weight.dtype) @ self.word_embeddings.weight
         return self._logits(attention_mask, inputs_embeds=embeds)
 
+    def forward_soft_tokens(self, soft: SoftTokens) -> Tensor:
+        """Logits of sparse soft inputs (`common.cbert.SoftTokens`, e.g. CBERT's gumbel-softmax samples):
+        the word embedding of `input_ids`, except probs @ word_embeddings at `positions`; the mask is
+        input_ids != [PAD]. One-hot probs reproduce forward(input_ids); differentiable w.r.t. probs."""
+        weight = self.word_embeddings.weight
+        embeds = self.word_embeddings(soft.input_ids)
+        embeds = embeds.index_put((soft.positions,), soft.probs.to(weight.dtype) @ weight)
+        return self._logits(soft.input_ids != self.pad_token_id, inputs_embeds=embeds)
+
 
 @contextlib.contextmanager
 def _quiet_transformers():
@@ -209,11 +222,14 @@ def build_text_classifier(backbone: str, num_labels: int, max_seq_len: int = 64,
 def adamw_param_groups(model: nn.Module, weight_decay: float = 0.01) -> list[dict]:
     """Two parameter groups: decay for weight matrices, none for biases and LayerNorm parameters
     (hu19: Adam lr 4e-5, weight decay 0.01 except bias/LayerNorm). Note that
-    `common.lookahead.lookahead_meta_gradient` accepts a single group only."""
-    decay, no_decay = [], []
+    `common.lookahead.lookahead_meta_gradient` accepts a single group only. A tied parameter (an MLM's
+    decoder weight/bias = its word embeddings/head bias) is listed once, else the optimizer would step
+    it twice."""
+    decay, no_decay, seen = [], [], set()
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
-            if not param.requires_grad:
+            if not param.requires_grad or id(param) in seen:
                 continue
+            seen.add(id(param))
             (no_decay if isinstance(module, nn.LayerNorm) or name == "bias" else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

@@ -1,8 +1,9 @@
-"""`repro` command line: prepare, run, report, sync-mlflow, bench.
+"""`repro` command line: prepare, run, report, sync-mlflow, bench, mlm.
 
     repro run --paper hu19 --table table2 --method base --seed 0     # one run by hand
     repro run --paper hu19 --table table2                            # the whole grid, resumable
     repro report                                                     # reports/ from committed results
+    repro mlm                                                        # the MLM of the text backbone (hu19 CBERT)
 """
 from __future__ import annotations
 
@@ -74,11 +75,60 @@ def cmd_sync(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from pipelines.bench import run_benchmark
+    params = load_params(args.params)
+    profile = _profile(args, params)
+    if args.suite == "text":
+        from pipelines.bench_text import run_text_benchmark
+        mlm_dir = params.get("hu19", {}).get("profiles", {}).get(profile, {}).get("table1", {}).get("mlm_dir")
+        path = run_text_benchmark(repeats=args.repeats, out_dir=Path(args.out), profile=profile, mlm_dir=mlm_dir)
+    else:
+        from pipelines.bench import run_benchmark
+        path = run_benchmark(args.paper, repeats=args.repeats, out_dir=Path(args.out), profile=profile)
+    print(f"wrote {path}")
+    return 0
+
+
+MLM_PARAM_TYPES = {"backbone": str, "steps": int, "batch_size": int, "lr": float, "max_seq_len": int, "seed": int,
+                   "imdb_limit": (int, type(None)), "out_dir": str}
+
+
+def _mlm_params(params, profile) -> dict:
+    """The validated `hu19.mlm.<profile>` block."""
+    from papers.hu19.tables import _check_keys, _check_types   # shared key/type checkers
+    where = f"params.yaml: hu19.mlm.{profile}"
+    cfg = params.get("hu19", {}).get("mlm", {}).get(profile)
+    if cfg is None:
+        raise ReproError(f"{where}: missing (expected the keys {sorted(MLM_PARAM_TYPES)})")
+    _check_keys(cfg, set(MLM_PARAM_TYPES), where)
+    _check_types(cfg, MLM_PARAM_TYPES, tuple(MLM_PARAM_TYPES), where)
+    return cfg
+
+
+def cmd_mlm(args) -> int:
+    from common.config import data_mirror
+    from common.mlm_head import mlm_corpus, train_mlm
+    from common.text_models import backbone_dir
 
     params = load_params(args.params)
-    path = run_benchmark(args.paper, repeats=args.repeats, out_dir=Path(args.out), profile=_profile(args, params))
-    print(f"wrote {path}")
+    profile = _profile(args, params)
+    cfg = _mlm_params(params, profile)
+    backbone_dir(cfg["backbone"])     # a missing or unknown backbone fails before the corpus is read
+    datasets = ("sst5", "sst2", "trec", "imdb")
+    train, dev = mlm_corpus(data_mirror(params["base"]), datasets, imdb_limit=cfg["imdb_limit"], seed=cfg["seed"])
+    print(f"mlm ({profile}): {cfg['backbone']}, {len(train)} train / {len(dev)} dev texts, {cfg['steps']} steps",
+          flush=True)
+
+    def on_log(record: dict) -> None:
+        train_loss = "-" if record["train_loss"] is None else f"{record['train_loss']:.3f}"
+        print(f"step {record['step']}/{cfg['steps']}: train loss {train_loss}, dev loss {record['dev_loss']:.3f}",
+              flush=True)
+
+    report = train_mlm(cfg["backbone"], train, dev, cfg["out_dir"], steps=cfg["steps"], batch_size=cfg["batch_size"],
+                       lr=cfg["lr"], max_seq_len=cfg["max_seq_len"], seed=cfg["seed"], on_log=on_log,
+                       overwrite=args.overwrite,
+                       report_extra={"profile": profile, "datasets": list(datasets), "imdb_limit": cfg["imdb_limit"]})
+    print(f"wrote {cfg['out_dir']}: dev MLM loss {report['dev_loss_before']:.3f} -> {report['dev_loss_best']:.3f} "
+          f"(step {report['step_best']}), {report['wall_s']:.0f} s")
     return 0
 
 
@@ -118,8 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paper", default="hu19")
     p.add_argument("--profile")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--suite", choices=("weighting", "text"), default="weighting",
+                   help="weighting: ResNet meta step (Tables 2/4); text: BERT-backbone steps (Tables 1/3)")
     p.add_argument("--out", default="reports/benchmarks")
     p.set_defaults(fn=cmd_bench)
+    p = sub.add_parser("mlm", help="train the MLM of the text backbone (params hu19.mlm.<profile>)")
+    p.add_argument("--profile")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing out_dir")
+    p.set_defaults(fn=cmd_mlm)
     return parser
 
 

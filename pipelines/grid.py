@@ -6,8 +6,6 @@ import tempfile
 from pathlib import Path
 
 from common.config import config_hash, data_mirror, table_config
-from common.data import load_dataset
-from common.data.subsample import SplitSpec, load_or_make_split
 from common.errors import ConfigError
 from common.results import collect_results
 from common.progress import progress_enabled
@@ -39,14 +37,16 @@ def select(configs: list[dict], setting: str | None, method: str | None, seed: i
 
 def order_runs(configs: list[dict]) -> list[dict]:
     """Cheap methods first, then seed-major, so partial grids give every method some seeds."""
-    cost = {"base": 0, "proportion": 1, "base_val": 2, "ren": 3, "ours_weight": 3}
+    cost = {"base": 0, "proportion": 1, "base_val": 2, "synonym": 2, "ren": 3, "ours_weight": 3, "fixed_aug": 3,
+            "ours_aug": 4}
     return sorted(configs, key=lambda c: (cost.get(c["method"], 3) >= 3, c["seed"], cost.get(c["method"], 3),
                                           c["setting"]))
 
 
 def split_path(splits_dir: Path, config: dict) -> Path:
-    spec = {k: config[k] for k in ("dataset", "classes", "train_counts", "dev_per_class", "dev_pool_size",
-                                   "test_limit", "data_seed")}
+    spec = {k: config.get(k) for k in ("dataset", "classes", "train_counts", "dev_per_class", "dev_pool_size",
+                                       "test_limit", "data_seed")}
+    spec.update({k: config[k] for k in ("train_counts_per_class", "dev_source", "class_order") if k in config})
     return (Path(splits_dir) / config["profile"] / config["paper"] / config["table"]
             / f"{config['setting']}_dataseed{config['data_seed']}_{config_hash(spec)[:8]}.json")
 
@@ -67,16 +67,14 @@ def prepare(params: dict, paper: str, profile: str, tables: list[str]) -> list[P
     """Write the split index files of every run (fixed protocol: one per setting)."""
     base = params["base"]
     writable_dir(Path(base["splits_dir"]), "splits_dir")
+    module = paper_module(paper)
     written = []
     for table in tables:
         for c in table_configs(params, paper, profile, table):
             path = split_path(Path(base["splits_dir"]), c)
             if path in written:
                 continue
-            data = load_dataset(c["dataset"], data_mirror(base))
-            spec = SplitSpec(c["dataset"], tuple(c["classes"]), tuple(c["train_counts"]), c["dev_per_class"],
-                             c["dev_pool_size"], c["test_limit"])
-            load_or_make_split(path, data["train"][1], data["test"][1], spec, c["data_seed"])
+            module.prepare_split(c, data_mirror(base), path)
             written.append(path)
     return written
 

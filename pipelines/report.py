@@ -243,10 +243,20 @@ def render_table_section(report: TableReport, published: dict, profile: str, fig
                   "counts with the test accuracy of its best dev epoch before the divergence (what the "
                   "official loop reports, since a NaN model never beats its best dev accuracy again). "
                   "Epochs: " + ", ".join(f"{r['method']} seed {r['seed']} at {r['diverged']['epoch']}"
+                                         + (f" (max phi {r['metrics']['phi_max']:.3g})"
+                                            if r["metrics"].get("phi_max") is not None else "")
                                          for r in report.runs if r.get("diverged")) + ".", ""]
+        if any(r.get("diverged") and r["method"] == "ours_weight" for r in report.runs):
+            lines += ["Why `ours_weight` diverges: as in the official code, the lookahead uses the raw persistent "
+                      "weights, theta' = theta + sum_i phi_i Delta_i, not the normalised ones of Eq. 12; an "
+                      "example whose phi_i grows moves theta' further, which enlarges its next meta-gradient "
+                      "(phi_i <- phi_i / w_decay - grad_i), until phi overflows (max phi above).", ""]
     notes = spec.get("implementation_notes", [])
     if notes:
         lines += ["Notes on the published numbers:", "", *[f"- {note}" for note in notes], ""]
+    lines += render_orderings(report, spec)
+    if report.table == "table1":
+        lines += render_figure2(published, [r for r in report.runs if r["method"] == "ours_aug"])
     if report.footnotes:
         lines += ["Footnotes (differences from the `paper` profile):", ""]
         lines += [f"{i}. {note}" for i, note in enumerate(report.footnotes, start=1)] + [""]
@@ -257,12 +267,71 @@ def render_table_section(report: TableReport, published: dict, profile: str, fig
     return "\n".join(lines)
 
 
+def ordering_rows(report: TableReport, spec: dict) -> list[list[str]]:
+    """The paper's claims `higher > lower` per setting: does it hold on our numbers, and beyond noise?"""
+    ours = {(c.setting, c.method): c.ours for c in report.cells}
+    rows = []
+    for higher, lower in spec.get("orderings", []):
+        for setting in spec["settings"]:
+            a, b = ours.get((setting, higher)), ours.get((setting, lower))
+            paper_holds = spec["results"][setting][higher]["mean"] > spec["results"][setting][lower]["mean"]
+            claim = f"{higher} > {lower}"
+            if a is None and b is None:
+                continue                     # setting not run in this profile
+            if not a or not b or a.n < 2 or b.n < 2:
+                rows.append([spec["settings"][setting]["label"], claim, "yes" if paper_holds else "no", "—", "PENDING"])
+                continue
+            diff = a.mean - b.mean
+            se = math.sqrt(a.std ** 2 / a.n + b.std ** 2 / b.n)
+            if diff > 0:
+                verdict = "holds" + ("" if diff > 2 * se else " (within 2 SE)")
+            else:
+                verdict = "does NOT hold" + ("" if -diff > 2 * se else " (within 2 SE)")
+            rows.append([spec["settings"][setting]["label"], claim, "yes" if paper_holds else "no",
+                         f"{a.mean:.2f} vs {b.mean:.2f} ({diff:+.2f} ± {2 * se:.2f})", verdict])
+    return rows
+
+
+def render_orderings(report: TableReport, spec: dict) -> list[str]:
+    rows = ordering_rows(report, spec)
+    if not rows or not any(r[-1] != "PENDING" for r in rows):
+        return []
+    header = ["setting", "paper's claim", "in the paper?", "ours (Δ ± 2 SE)", "on our numbers"]
+    return ["The paper's orderings on our numbers (2 SE = two standard errors of the difference):", "",
+            *_markdown_table(header, rows), ""]
+
+
+def render_figure2(published: dict, runs: list[dict]) -> list[str]:
+    """hu19 Figure 2 analog: the augmenter's top-5 substitutions, paper vs ours (first ours_aug run
+    that recorded them, i.e. the lowest SST-5 seed)."""
+    paper_fig = published.get("figure2")
+    recorded = sorted((r for r in runs if r.get("figure2")), key=lambda r: r["seed"])
+    if not paper_fig or not recorded:
+        return []
+    run = recorded[0]
+    ours = run["figure2"]
+    epochs = sorted((k for k in ours if k.startswith("epoch_")), key=lambda k: int(k.split("_")[1]))
+    masked = " and ".join(f'"{w}"' for w in paper_fig["fills"])
+    rows = []
+    for word, by_epoch in paper_fig["fills"].items():
+        for epoch in epochs:
+            paper_words = ", ".join(by_epoch.get(epoch, [])) or "—"
+            rows.append([word, epoch.replace("epoch_", ""), paper_words, ", ".join(ours[epoch].get(word, []))])
+    return [f"### Figure 2 analog: what the augmenter substitutes ({run['method']}, {run['setting']}, seed "
+            f"{run['seed']})", "",
+            f"Sentence: \"{ours['sentence']}\" (label {paper_fig['label']}), {masked} masked; top-5 fills, "
+            "most probable first. Epoch 0 is the CBERT fitted on the train set before joint "
+            "training (what `fixed_aug` uses throughout).", "",
+            *_markdown_table(["masked word", "epoch", "paper", "ours"], rows), ""]
+
+
 def render_performance(benchmark_path: Path) -> str:
     """The meta-step benchmark JSON (rows, setup, notes, other scalars) as a markdown section."""
     bench = json.loads(benchmark_path.read_text())
     rows = bench.get("rows", [])
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    lines = ["## Performance", "", f"Setup: {bench.get('setup', 'not recorded')}", ""]
+    suite = benchmark_path.stem.split("_", 1)[-1]
+    lines = [f"## Performance: {suite}", "", f"Setup: {bench.get('setup', 'not recorded')}", ""]
     if rows:
         lines += [*_markdown_table(columns, [[row.get(c, "") for c in columns] for row in rows]), ""]
     extras = {k: v for k, v in bench.items() if k not in ("rows", "notes", "setup", "paper", "profile")}
@@ -344,13 +413,13 @@ def update_readme(readme: Path, generated: str) -> bool:
 
 
 def render_paper_report(published: dict, profile: str, table_sections: str, reports: list[TableReport],
-                        benchmark: Path) -> str:
+                        benchmarks: list[Path]) -> str:
     """Title, provenance line, table sections, optional Performance section and the run inventory."""
     intro = (f"# Replication of {published['citation']}\n\nNumbers produced by the `{profile}` profile "
              f"(`repro report --profile {profile}`) from committed results. Test accuracy in percent, mean ± "
              "population std (ddof=0, as the paper's official code) over seeds; n counts runs with a finite test "
              "accuracy, runs with NaN are listed as failed.\n")
-    performance = [render_performance(benchmark)] if benchmark.exists() else []
+    performance = [render_performance(path) for path in benchmarks if path.exists()]
     return "\n".join([intro, table_sections, *performance, render_inventory(reports)])
 
 
@@ -367,8 +436,8 @@ def write_paper_report(params: dict, profile: str, paper: str,
                          for r, fig in zip(reports, figures))
 
     report_path = REPORTS_DIR / f"{paper}.md"
-    benchmark = REPORTS_DIR / "benchmarks" / f"{paper}_weighting.json"
-    report_path.write_text(render_paper_report(published, profile, sections("figures/"), reports, benchmark))
+    benchmarks = sorted((REPORTS_DIR / "benchmarks").glob(f"{paper}_*.json"))
+    report_path.write_text(render_paper_report(published, profile, sections("figures/"), reports, benchmarks))
     readme = PAPERS_DIR / paper / "README.md"
     readme_updated = update_readme(readme, sections("../../reports/figures/").rstrip("\n"))
     return reports, [report_path, *drawn, *([readme] if readme_updated else [])]

@@ -31,14 +31,41 @@ class SplitSpec:
     classes: tuple[int, ...]
     train_counts: tuple[int, ...]          # one count per class in `classes`
     dev_per_class: int
-    dev_pool_size: int                     # the dev pool is the last `dev_pool_size` train examples
+    dev_pool_size: int                     # train_tail: the dev pool is the last `dev_pool_size` train rows
     test_limit: int | None = None          # keep only the first n filtered test examples (smoke)
     extra: dict = field(default_factory=dict, compare=False)
+    dev_source: str = "train_tail"         # see DEV_SOURCES
+    class_order: tuple[int, ...] | None = None   # order in which classes are drawn (default: `classes`)
 
     def __post_init__(self):
         if len(self.classes) != len(self.train_counts):
             raise ConfigError(f"split {self.dataset}: classes {self.classes} and train_counts "
                               f"{self.train_counts} differ in length")
+        if self.dev_source not in DEV_SOURCES:
+            raise ConfigError(f"split {self.dataset}: dev_source {self.dev_source!r}; expected one of "
+                              f"{list(DEV_SOURCES)}")
+        if self.class_order is not None and sorted(self.class_order) != sorted(self.classes):
+            raise ConfigError(f"split {self.dataset}: class_order {self.class_order} must be a permutation "
+                              f"of classes {self.classes}")
+
+
+# Where dev examples come from:
+#   train_tail            the last `dev_pool_size` rows of the train split (hu19 CIFAR-10: last 500)
+#   train_tail_per_class  the last `dev_pool_size` rows of each class (a label-sorted file, e.g. IMDB)
+#   dev_split             the dataset's official dev split (SST-5, SST-2, as the hu19 text code)
+DEV_SOURCES = ("train_tail", "train_tail_per_class", "dev_split")
+
+
+def dev_pool_mask(train_labels: np.ndarray, spec: SplitSpec) -> np.ndarray:
+    """Boolean mask of the train rows reserved as the dev pool (never drawn for training)."""
+    n = len(train_labels)
+    mask = np.zeros(n, dtype=bool)
+    if spec.dev_source == "train_tail":
+        mask[n - spec.dev_pool_size:] = True
+    elif spec.dev_source == "train_tail_per_class":
+        for cls in np.unique(train_labels):
+            mask[np.flatnonzero(train_labels == cls)[-spec.dev_pool_size:]] = True
+    return mask
 
 
 def split_data_seed(protocol: str, data_seed: int, seed: int) -> int:
@@ -58,14 +85,25 @@ def _draw(labels: np.ndarray, pool: np.ndarray, classes, counts, rng: random.Ran
     return picked
 
 
-def make_split(train_labels: np.ndarray, test_labels: np.ndarray, spec: SplitSpec, data_seed: int) -> dict:
-    """Indices into the official train/test arrays: {'train', 'dev', 'test'}."""
-    n = len(train_labels)
-    train_pool = np.arange(n - spec.dev_pool_size)
-    dev_pool = np.arange(n - spec.dev_pool_size, n)
+def make_split(train_labels: np.ndarray, test_labels: np.ndarray, spec: SplitSpec, data_seed: int,
+               dev_labels: np.ndarray | None = None) -> dict:
+    """Indices into the official arrays: {'train', 'dev', 'test'}; 'dev' indexes the train array,
+    or the dev array when spec.dev_source == 'dev_split' (then `dev_labels` is required).
+
+    One random.Random(data_seed) draws train then dev, class by class in `class_order`: with the
+    official class order this is the hu19 code's random.seed(159) subset."""
+    reserved = dev_pool_mask(train_labels, spec)
+    train_pool, dev_pool = np.flatnonzero(~reserved), np.flatnonzero(reserved)
+    dev_pool_labels = train_labels
+    if spec.dev_source == "dev_split":
+        if dev_labels is None:
+            raise DataError(f"split {spec.dataset}: dev_source dev_split but the dataset has no dev split")
+        dev_pool_labels, dev_pool = dev_labels, np.arange(len(dev_labels))
+    order = spec.class_order or spec.classes
+    count_of = dict(zip(spec.classes, spec.train_counts))
     rng = random.Random(data_seed)
-    train = _draw(train_labels, train_pool, spec.classes, spec.train_counts, rng)
-    dev = _draw(train_labels, dev_pool, spec.classes, [spec.dev_per_class] * len(spec.classes), rng)
+    train = _draw(train_labels, train_pool, order, [count_of[c] for c in order], rng)
+    dev = _draw(dev_pool_labels, dev_pool, order, [spec.dev_per_class] * len(order), rng)
     test = [int(i) for i in np.flatnonzero(np.isin(test_labels, spec.classes))]
     if spec.test_limit is not None:
         test = test[: spec.test_limit]
@@ -75,13 +113,17 @@ def make_split(train_labels: np.ndarray, test_labels: np.ndarray, spec: SplitSpe
 def split_record(spec: SplitSpec, data_seed: int, split: dict) -> dict:
     spec_dict = asdict(spec)
     spec_dict.pop("extra")
+    for key, default in (("dev_source", "train_tail"), ("class_order", None)):  # older files lack them
+        if spec_dict[key] == default:
+            spec_dict.pop(key)
     record = {"spec": spec_dict, "data_seed": data_seed, "counts": {k: len(v) for k, v in split.items()}, **split}
     return json.loads(json.dumps(record))  # the form it has once saved (tuples -> lists)
 
 
-def load_or_make_split(path: Path | None, train_labels, test_labels, spec: SplitSpec, data_seed: int) -> dict:
+def load_or_make_split(path: Path | None, train_labels, test_labels, spec: SplitSpec, data_seed: int,
+                       dev_labels=None) -> dict:
     """Read a prepared index file if it matches the spec, else draw the split (and save it)."""
-    record = split_record(spec, data_seed, make_split(train_labels, test_labels, spec, data_seed))
+    record = split_record(spec, data_seed, make_split(train_labels, test_labels, spec, data_seed, dev_labels))
     if path is None:
         return record
     if path.exists():

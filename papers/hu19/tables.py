@@ -21,6 +21,7 @@ from common.data.subsample import SplitSpec, load_or_make_split, split_data_seed
 from common.errors import ConfigError
 from common.models import build_image_model
 from common.training import ArrayData, fit_fixed_steps, fit_with_dev_selection, resolve_device
+from papers.hu19.text_tables import execute_text, prepare_text_split, text_run_config, validate_text_table_config
 from papers.hu19.weighting import WeightingConfig, WeightingMethod, weighted_step
 
 PAPER = "hu19"
@@ -37,11 +38,17 @@ class TableDef:
 
 
 TABLES = {
+    "table1": TableDef(("sst5", "imdb", "trec"),
+                       ("base", "base_val", "synonym", "fixed_aug", "ours_aug", "ren", "ours_weight"),
+                       "Low-data text classification (SST-5 40+2, IMDB/TREC 40+5 per class), augmentation and weighting"),
     "table2": TableDef(("pretrained", "not_pretrained"), ("base", "base_val", "ren", "ours_weight"),
                        "CIFAR-10 low data (40+2 per class), data weighting"),
     "table4": TableDef(("ratio_20", "ratio_50", "ratio_100"), ("base", "base_val", "proportion", "ren", "ours_weight"),
                        "Imbalanced CIFAR-10 (class 0 minority vs class 1 x1000), data weighting"),
+    "table3": TableDef(("ratio_20", "ratio_50", "ratio_100"), ("base", "base_val", "proportion", "ren", "ours_weight"),
+                       "Imbalanced SST-2 (label 0 minority vs label 1 x1000), data weighting"),
 }
+TEXT_TABLES = ("table1", "table3")
 
 TABLE_KEYS = {"seeds", "dataset", "protocol", "data_seed", "arch", "batch_size", "epochs", "min_epochs", "lr",
               "momentum", "weight_decay", "train_per_class", "dev_per_class", "dev_pool_size", "test_limit",
@@ -61,6 +68,8 @@ def _check_keys(block: dict, allowed: set, where: str) -> None:
 def validate_table_config(table: str, cfg: dict, where: str) -> None:
     if table not in TABLES:
         raise ConfigError(f"{where}: unknown hu19 table {table!r}; known: {sorted(TABLES)}")
+    if table in TEXT_TABLES:
+        return validate_text_table_config(table, cfg, where, TABLES)
     _check_keys(cfg, TABLE_KEYS, where)
     required = REQUIRED_TABLE_KEYS + (("classes",) if table == "table4" else ())
     _check_types(cfg, TABLE_TYPES, required, where)
@@ -115,7 +124,8 @@ def run_configs(table: str, cfg: dict, profile: str) -> list[dict[str, Any]]:
     for setting, override in cfg["settings"].items():
         for method in cfg["methods"]:
             for seed in range(cfg["seeds"]):
-                runs.append(run_config(table, setting, method, seed, cfg, override, profile))
+                runs.append(text_run_config(table, setting, method, seed, cfg, profile) if table in TEXT_TABLES
+                            else run_config(table, setting, method, seed, cfg, override, profile))
     return runs
 
 
@@ -166,6 +176,17 @@ def _to_tensor(x: np.ndarray) -> torch.Tensor:
     return ((t - mean) / std).contiguous()
 
 
+def prepare_split(config: dict, mirror: str | None, split_path) -> None:
+    """Write (or check) the split index file of one run (the `prepare` stage)."""
+    if config.get("modality") == "text":
+        prepare_text_split(config, mirror, split_path)
+        return
+    data = load_dataset(config["dataset"], mirror)
+    spec = SplitSpec(config["dataset"], tuple(config["classes"]), tuple(config["train_counts"]),
+                     config["dev_per_class"], config["dev_pool_size"], config["test_limit"])
+    load_or_make_split(split_path, data["train"][1], data["test"][1], spec, config["data_seed"])
+
+
 def load_split(config: dict, mirror: str | None, split_path=None) -> tuple[ArrayData, ArrayData, ArrayData]:
     data = load_dataset(config["dataset"], mirror)
     (train_x, train_y), (test_x, test_y) = data["train"], data["test"]
@@ -184,6 +205,8 @@ def load_split(config: dict, mirror: str | None, split_path=None) -> tuple[Array
 def execute(config: dict, mirror: str | None, on_epoch: Callable[[dict], None] | None = None,
             split_path=None, device: str = "auto", checkpoint_path=None) -> dict:
     """Run one (table, setting, method, seed); returns metrics and per-epoch history."""
+    if config.get("modality") == "text":
+        return execute_text(config, mirror, on_epoch, split_path, device, checkpoint_path)
     start = time.time()
     target = resolve_device(device)
     torch.manual_seed(config["seed"])

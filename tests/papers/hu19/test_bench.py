@@ -12,3 +12,15 @@ def test_benchmark_smoke_profile(tmp_path):
     assert rows["base"]["ratio_to_base"] == 1.0
     assert {"ren", "ours_weight", "ours_weight_loop"} <= set(rows)
     assert all(r["seconds_per_step"] > 0 for r in rows.values())
+
+
+def test_text_benchmark_smoke_profile(tmp_path):
+    from pipelines.bench_text import run_text_benchmark
+
+    path = run_text_benchmark(repeats=1, out_dir=tmp_path, profile="smoke", n_aug_meta=2)
+    bench = json.loads(path.read_text())
+    rows = {r["method"]: r for r in bench["rows"]}
+    assert {"base", "ours_weight", "fixed_aug", "ours_aug"} <= set(rows)
+    assert all(r["ms_per_step"] > 0 for r in rows.values())
+    assert "x base" in rows["ours_weight"]["ratio"] and "x fixed_aug" in rows["ours_aug"]["ratio"]
+    assert "tiny-random-bert" in bench["setup"]

@@ -31,7 +31,8 @@ def test_dvc_repro_smoke_end_to_end(tmp_path, mirror):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     results = sorted((work / "results/smoke/hu19").glob("*/*/*/seed*.json"))
-    assert len(results) == 8 + 10  # table2: 4 methods x 2 seeds; table4: 5 methods x 2 seeds
+    # table2: 4 methods x 2 seeds; table4: 5 x 2; table1 (text, sst5 only): 7 x 2; table3 (ratio_20): 5 x 2
+    assert len(results) == 8 + 10 + 14 + 10
     report = (work / "reports/hu19.md").read_text()
     assert "Numbers produced by the `smoke` profile" in report
     assert "| Not-Pretrained | Base model: ResNet-34 |" in report and "| 20 : 1000 | Proportion |" in report
@@ -43,8 +44,11 @@ def test_dvc_repro_smoke_end_to_end(tmp_path, mirror):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     runs = mlflow.search_runs(experiment_names=["hu19"], output_format="list")
     per_run = [r for r in runs if r.data.tags.get("stage") == "run"]
-    assert len(per_run) == 18
-    assert {r.data.tags["method"] for r in per_run} == {"base", "base_val", "proportion", "ren", "ours_weight"}
+    assert len(per_run) == 42
+    assert {r.data.tags["method"] for r in per_run} == {"base", "base_val", "proportion", "ren", "ours_weight",
+                                                        "synonym", "fixed_aug", "ours_aug"}
+    assert (work / "artifacts/mlm/smoke/mlm_report.json").exists(), "the MLM stage ran"
+    assert "## Performance: text" in report
     assert any(r.data.tags.get("stage") == "aggregate" for r in runs)
 
     again = subprocess.run(["dvc", "repro"], cwd=work, capture_output=True, text=True, timeout=600)

@@ -1,0 +1,294 @@
+"""hu19 text tables as data, and how one text run goes.
+
+Table 1: low-data text classification, SST-5 (40 train + 2 dev per class), IMDB and TREC (40 + 5),
+all seven methods. Table 3: imbalanced SST-2, minority label 0 at 20/50/100 vs 1000 majority, 10 dev
+per class, weighting methods. Backbone per profile (`common.text_models`); Adam with weight decay
+0.01 except bias/LayerNorm (the official `optim.Adam` with L2 decay, no warm-up).
+
+Schedules, as the official scripts: `base` trains `epochs`; `ren`/`ours_weight` first pretrain
+`weighting.pretrain_epochs` plain epochs; the augmentation methods pretrain the classifier
+`augmentation.pretrain_epochs` plain epochs, then train `augmentation.epochs` epochs on originals +
+one augmented copy each (for CBERT after fitting it `augmentation.cbert_epochs` MLM epochs on the
+train set, best dev MLM loss kept).
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from common.checkpoint import RunCheckpoint
+from common.config import config_hash
+from common.data import load_dataset
+from common.data.subsample import DEV_SOURCES, SplitSpec, load_or_make_split, split_data_seed
+from common.errors import ConfigError
+from common.text_models import adamw_param_groups, build_text_classifier, encode_texts, load_tokenizer
+from common.training import ArrayData, Batch, fit_fixed_steps, fit_with_dev_selection, resolve_device
+from papers.hu19.weighting import WeightingConfig, WeightingMethod, weighted_step
+
+PAPER = "hu19"
+AUGMENTATION_METHODS = ("synonym", "fixed_aug", "ours_aug")
+
+TEXT_TABLE_KEYS = {"seeds", "protocol", "data_seed", "backbone", "mlm_dir", "max_seq_len", "batch_size", "epochs",
+                   "min_epochs", "lr", "weight_decay", "test_limit", "classes", "methods", "weighting",
+                   "augmentation", "synonym", "settings", "not_run"}
+TEXT_TABLE_TYPES = {"seeds": int, "protocol": str, "data_seed": int, "backbone": str, "mlm_dir": (str, type(None)),
+                    "max_seq_len": int, "batch_size": int, "epochs": int, "min_epochs": int, "lr": float,
+                    "weight_decay": float, "test_limit": (int, type(None)), "classes": list, "methods": list,
+                    "weighting": dict, "augmentation": dict, "synonym": dict, "settings": dict, "not_run": dict}
+REQUIRED_TEXT_KEYS = ("seeds", "protocol", "data_seed", "backbone", "max_seq_len", "batch_size", "epochs", "lr",
+                      "weight_decay", "methods", "settings")
+TEXT_WEIGHTING_TYPES = {"pretrain_epochs": int, "min_epochs": int, "w_init": float, "w_decay": float, "norm": str,
+                        "softmax_temp": float}
+AUGMENTATION_TYPES = {"pretrain_epochs": int, "epochs": int, "generator_lr": float, "cbert_epochs": int,
+                      "cbert_batch_size": int, "n_aug_meta": int, "tau": float}
+SYNONYM_TYPES = {"p_replace": float, "max_replacements": int, "n_variants": int}
+TEXT_SETTING_TYPES = {"dataset": str, "train_per_class": int, "minority": int, "dev_per_class": int,
+                      "dev_source": str, "dev_pool_size": int, "class_order": list, "w_decay": float}
+
+
+def validate_text_table_config(table: str, cfg: dict, where: str, tables: dict) -> None:
+    from papers.hu19.tables import _check_keys, _check_types   # shared key/type checkers
+    _check_keys(cfg, TEXT_TABLE_KEYS, where)
+    _check_types(cfg, TEXT_TABLE_TYPES, REQUIRED_TEXT_KEYS, where)
+    bad = [m for m in cfg["methods"] if m not in tables[table].methods]
+    if bad:
+        raise ConfigError(f"{where}.methods: unknown method(s) {bad} for {table}; "
+                          f"expected a subset of {list(tables[table].methods)}")
+    methods = set(cfg["methods"])
+    for block, types, needed in (("weighting", TEXT_WEIGHTING_TYPES, {"ren", "ours_weight"}),
+                                 ("augmentation", AUGMENTATION_TYPES, set(AUGMENTATION_METHODS)),
+                                 ("synonym", SYNONYM_TYPES, {"synonym"})):
+        value = cfg.get(block, {})
+        _check_keys(value, set(types), f"{where}.{block}")
+        required = tuple(types) if methods & needed and block != "weighting" else ()
+        if block == "weighting" and "ours_weight" in methods:
+            required = ("w_init", "w_decay", "norm", "softmax_temp")
+        _check_types(value, types, required, f"{where}.{block}")
+    for name, setting in cfg["settings"].items():
+        if name not in tables[table].settings:
+            raise ConfigError(f"{where}.settings: unknown setting {name!r} for {table}; "
+                              f"expected one of {list(tables[table].settings)}")
+        _check_keys(setting, set(TEXT_SETTING_TYPES), f"{where}.settings.{name}")
+        required = ("dataset", "dev_per_class", "dev_source") + (("minority",) if table == "table3" else ())
+        _check_types(setting, TEXT_SETTING_TYPES, required + ("train_per_class",), f"{where}.settings.{name}")
+        if setting["dev_source"] not in DEV_SOURCES:
+            raise ConfigError(f"{where}.settings.{name}.dev_source: {setting['dev_source']!r}; "
+                              f"expected one of {list(DEV_SOURCES)}")
+    if methods & {"fixed_aug", "ours_aug"} and cfg["backbone"] == "all-MiniLM-L6-v2" and not cfg.get("mlm_dir"):
+        raise ConfigError(f"{where}.mlm_dir: all-MiniLM-L6-v2 has no MLM head; set mlm_dir to the output of "
+                          "`repro mlm` (dvc stage mlm_hu19)")
+
+
+def text_run_config(table, setting, method, seed, cfg, profile) -> dict[str, Any]:
+    s = cfg["settings"][setting]
+    config = {
+        "paper": PAPER, "table": table, "setting": setting, "method": method, "seed": seed, "profile": profile,
+        "modality": "text", "dataset": s["dataset"], "protocol": cfg["protocol"],
+        "data_seed": split_data_seed(cfg["protocol"], cfg["data_seed"], seed),
+        "dev_per_class": s["dev_per_class"], "dev_source": s["dev_source"],
+        "dev_pool_size": s.get("dev_pool_size", 0), "class_order": s.get("class_order"),
+        "test_limit": cfg.get("test_limit"), "backbone": cfg["backbone"], "max_seq_len": cfg["max_seq_len"],
+        "batch_size": cfg["batch_size"], "epochs": cfg["epochs"], "min_epochs": cfg.get("min_epochs", 0),
+        "optimizer": {"name": "adam", "lr": cfg["lr"], "weight_decay": cfg["weight_decay"]},
+    }
+    if table == "table3":
+        config["classes"] = list(cfg["classes"])
+        config["train_counts"] = [s["minority"], s["train_per_class"]]
+    else:
+        config["classes"] = None           # every class of the dataset (resolved at run time)
+        config["train_counts_per_class"] = s["train_per_class"]
+    if method in ("ren", "ours_weight"):
+        weighting = dict(cfg.get("weighting", {}))
+        config["pretrain_epochs"] = weighting.get("pretrain_epochs", 0)
+        config["min_epochs"] = weighting.get("min_epochs", config["min_epochs"])
+        if method == "ours_weight":
+            config["weighting"] = {k: weighting[k] for k in ("w_init", "w_decay", "norm", "softmax_temp")}
+            if "w_decay" in s:
+                config["weighting"]["w_decay"] = s["w_decay"]
+    if method in AUGMENTATION_METHODS:
+        aug = cfg["augmentation"]
+        config["pretrain_epochs"] = aug["pretrain_epochs"]
+        config["epochs"] = aug["epochs"]
+        if method == "synonym":
+            config["synonym"] = dict(cfg["synonym"])
+        else:
+            config["augmentation"] = {k: aug[k] for k in ("generator_lr", "cbert_epochs", "cbert_batch_size", "tau")}
+            config["mlm_dir"] = cfg.get("mlm_dir")
+            if method == "ours_aug":
+                config["augmentation"]["n_aug_meta"] = aug["n_aug_meta"]
+    if method == "base_val":
+        config["requires"] = {"method": "base", "seeds": cfg["seeds"]}
+    return config
+
+
+def text_split_spec(config: dict, n_classes: int) -> SplitSpec:
+    classes = tuple(config["classes"]) if config["classes"] is not None else tuple(range(n_classes))
+    counts = (tuple(config["train_counts"]) if "train_counts" in config
+              else (config["train_counts_per_class"],) * len(classes))
+    order = tuple(config["class_order"]) if config.get("class_order") else None
+    return SplitSpec(config["dataset"], classes, counts, config["dev_per_class"], config["dev_pool_size"],
+                     config["test_limit"], dev_source=config["dev_source"], class_order=order)
+
+
+def prepare_text_split(config: dict, mirror: str | None, split_path: Path | None) -> tuple[dict, dict, SplitSpec]:
+    data = load_dataset(config["dataset"], mirror)
+    n_classes = int(max(data["train"][1].max(), data["test"][1].max())) + 1
+    spec = text_split_spec(config, n_classes)
+    dev_labels = data["dev"][1] if spec.dev_source == "dev_split" else None
+    split = load_or_make_split(split_path, data["train"][1], data["test"][1], spec, config["data_seed"], dev_labels)
+    return data, split, spec
+
+
+def load_text_split(config: dict, mirror: str | None, tokenizer, split_path=None):
+    """(train, dev, test) ArrayData of token ids [N, max_seq_len] (padded with 0) and the train texts."""
+    data, split, spec = prepare_text_split(config, mirror, split_path)
+    remap = {c: i for i, c in enumerate(spec.classes)}
+
+    def take(texts, labels, idx):
+        chosen = [texts[i] for i in idx]
+        ids, _ = encode_texts(tokenizer, chosen, config["max_seq_len"])
+        return ArrayData(ids, torch.tensor([remap[int(labels[i])] for i in idx], dtype=torch.int64)), chosen
+
+    train, train_texts = take(*data["train"], split["train"])
+    dev_source = data["dev"] if spec.dev_source == "dev_split" else data["train"]
+    dev, _ = take(*dev_source, split["dev"])
+    test, _ = take(*data["test"], split["test"])
+    return train, dev, test, train_texts, len(spec.classes)
+
+
+def trim_padding(ids: torch.Tensor) -> torch.Tensor:
+    """Drop the all-[PAD] columns at the right of a batch of token ids (pad id 0)."""
+    longest = int((ids != 0).sum(1).max()) if len(ids) else 1
+    return ids[:, :max(longest, 1)]
+
+
+def _synonym_variants(texts: list[str], labels, cfg: dict, tokenizer, max_seq_len: int, seed: int) -> torch.Tensor:
+    from common.synonym_augmenter import SynonymAugmenter
+    augmenter = SynonymAugmenter(cfg["p_replace"], cfg["max_replacements"])
+    rng = np.random.default_rng(seed)
+    variants = [encode_texts(tokenizer, [augmenter.augment(t, rng) for t in texts], max_seq_len)[0]
+                for _ in range(cfg["n_variants"])]
+    return torch.stack(variants)
+
+
+def _fit_augmenter(config, classifier_device, train, dev, num_labels, seed, on_log=None):
+    from common.cbert import LabelConditionalMLM, fit_cbert
+    from common.mlm_head import load_mlm_model
+    aug = config["augmentation"]
+    torch.manual_seed(seed + 1)
+    mlm = load_mlm_model(config["backbone"], config.get("mlm_dir"))
+    augmenter = LabelConditionalMLM(mlm, num_labels).to(classifier_device)
+    history = fit_cbert(augmenter, train.x, train.y, dev.x, dev.y, epochs=aug["cbert_epochs"],
+                        batch_size=aug["cbert_batch_size"], lr=aug["generator_lr"],
+                        generator=torch.Generator().manual_seed(seed + 2), on_epoch=on_log)
+    return augmenter, history
+
+
+def execute_text(config: dict, mirror: str | None, on_epoch: Callable[[dict], None] | None = None,
+                 split_path=None, device: str = "auto", checkpoint_path=None) -> dict:
+    """Run one text (table, setting, method, seed); returns metrics and per-epoch history."""
+    from papers.hu19.augmentation import AugmentationStep
+
+    start = time.time()
+    target = resolve_device(device)
+    seed, method = config["seed"], config["method"]
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    tokenizer = load_tokenizer(config["backbone"])
+    train, dev, test, train_texts, num_classes = load_text_split(config, mirror, tokenizer, split_path)
+    dev = ArrayData(trim_padding(dev.x), dev.y)
+    train, dev, test = train.to(target), dev.to(target), test.to(target)
+    torch.manual_seed(seed)
+    model = build_text_classifier(config["backbone"], num_classes, config["max_seq_len"]).to(target)
+    opt_cfg = config["optimizer"]
+    optimizer = torch.optim.Adam(adamw_param_groups(model, opt_cfg["weight_decay"]), lr=opt_cfg["lr"])
+    generator = torch.Generator().manual_seed(seed)
+    checkpoint = RunCheckpoint(checkpoint_path, config_hash(config))
+    extra: dict[str, Any] = {}
+
+    def trimmed(step):
+        def run(batch: Batch) -> float:
+            return step(Batch(trim_padding(batch.x), batch.y, batch.ids))
+        return run
+
+    def plain(batch: Batch) -> float:
+        return weighted_step(model, optimizer, batch, torch.full((len(batch.y),), 1.0 / len(batch.y)))
+
+    if method == "base_val":
+        merged = ArrayData(torch.cat([train.x, dev_pad(dev.x, train.x.shape[1])]), torch.cat([train.y, dev.y]))
+        fit = fit_fixed_steps(model, merged, test, batch_size=config["batch_size"], total_steps=config["fixed_steps"],
+                              step=trimmed(plain), seed_generator=generator, on_epoch=on_epoch,
+                              stateful={"optimizer": optimizer}, checkpoint=checkpoint)
+    else:
+        if method in AUGMENTATION_METHODS:
+            aug_generator = torch.Generator().manual_seed(seed + 3)
+            kwargs: dict[str, Any] = {}
+            if method == "synonym":
+                kwargs["synonym_variants"] = _synonym_variants(train_texts, train.y, config["synonym"], tokenizer,
+                                                               config["max_seq_len"], seed)
+            else:
+                augmenter, cbert_history = _fit_augmenter(config, target, train, dev, num_classes, seed)
+                extra["cbert"] = cbert_history
+                kwargs["augmenter"] = augmenter
+                if method == "ours_aug":
+                    aug_cfg = config["augmentation"]
+                    kwargs["augmenter_optimizer"] = torch.optim.Adam(adamw_param_groups(augmenter, 0.01),
+                                                                     lr=aug_cfg["generator_lr"])
+                    kwargs["dev"] = (dev.x, dev.y)
+                    kwargs["n_aug_meta"] = aug_cfg["n_aug_meta"]
+                kwargs["tau"] = config["augmentation"]["tau"]
+            step = AugmentationStep(method, model, optimizer, generator=aug_generator, trim=trim_padding, **kwargs)
+            step_fn = step
+        else:
+            wcfg = WeightingConfig(**config.get("weighting", {}))
+            step = WeightingMethod(method, model, optimizer, train, dev, num_classes, wcfg)
+            step_fn = trimmed(step)
+        epoch_hook = _figure2_hook(step, tokenizer, config, on_epoch, extra) if method == "ours_aug" else on_epoch
+        fit = fit_with_dev_selection(model, train, dev, test, batch_size=config["batch_size"],
+                                     epochs=config["epochs"], step=step_fn, seed_generator=generator,
+                                     pretrain_epochs=config.get("pretrain_epochs", 0), pretrain_step=trimmed(plain),
+                                     min_epochs=config["min_epochs"], on_epoch=epoch_hook,
+                                     stateful={"optimizer": optimizer, "step": step}, checkpoint=checkpoint)
+    metrics = {"test_acc": fit.test_acc, "best_dev_acc": fit.best_dev_acc, "best_epoch": fit.best_epoch,
+               "steps_at_best": fit.steps_at_best, "n_train": len(train), "n_dev": len(dev), "n_test": len(test)}
+    if math.isnan(fit.test_acc):
+        metrics["note"] = "dev accuracy never improved; no test evaluation"
+    if method == "ours_weight":
+        metrics["phi_max"] = float(step.phi.values.max())
+    outcome = {"metrics": metrics, "history": fit.history, "train_s": time.time() - start, "device": str(target),
+               **extra}
+    if fit.diverged:
+        outcome["diverged"] = fit.diverged
+    return outcome
+
+
+def dev_pad(x: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.nn.functional.pad(x, (0, width - x.shape[1]))
+
+
+def _figure2_hook(step, tokenizer, config, on_epoch, extra):
+    """Record the augmenter's top-5 substitutions of the hu19 Figure 2 words before joint training
+    and after training epochs 1, 3 (the paper's) and the last (SST-5 only: the sentence is an SST
+    review). A resumed run records only the epochs it trains after resuming."""
+    from common.cbert import FIGURE2_LABEL, FIGURE2_SENTENCE, FIGURE2_WORDS, top_k_substitutions
+    if config["dataset"] != "sst5":
+        return on_epoch
+    label = FIGURE2_LABEL
+
+    def record(epoch: int) -> None:
+        fills = top_k_substitutions(step.augmenter, tokenizer, FIGURE2_SENTENCE, label, FIGURE2_WORDS, k=5)
+        extra.setdefault("figure2", {"sentence": FIGURE2_SENTENCE, "label": label})[f"epoch_{epoch}"] = fills
+
+    record(0)   # the fitted CBERT, before joint training (= what fixed_aug uses throughout)
+
+    def hook(row: dict) -> None:
+        if row.get("phase") == "train" and row.get("epoch") in (1, 3, config["epochs"]) and "dev_acc" in row:
+            record(row["epoch"])
+        if on_epoch:
+            on_epoch(row)
+    return hook

@@ -1,0 +1,151 @@
+"""Text meta-step overhead benchmark (hu19 Table 1 methods) on the profile's backbone.
+
+Same process, same batch, interleaved repeats, medians: `ours_weight` step / `base` step (Adam-delta
+lookahead with vmap per-example gradients) and `ours_aug` step / `fixed_aug` step (the second-order
+augmenter update through a differentiable Adam step). Also times the official code's way of
+taking the augmentation meta step (one second-order lookahead per example of the batch).
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from common.results import write_json_atomic
+from common.text_models import adamw_param_groups, build_text_classifier, encode_texts, load_tokenizer
+from common.training import ArrayData, Batch
+
+BACKBONES = {"smoke": "tiny-random-bert", "cpu": "all-MiniLM-L6-v2", "paper": "bert-base-uncased"}
+SENTENCES = [  # SST-style review sentences (fixed, so the benchmark needs no data mirror)
+    "a gorgeous , witty , seductive movie .",
+    "the film is strictly routine .",
+    "it 's a lovely film with lovely performances by buy and accorsi .",
+    "no one goes unindicted here , which is probably for the best .",
+    "the acting , costumes , music , cinematography and sound are all astounding given the production 's "
+    "austere locales .",
+    "although visually striking and slickly staged , it 's also cold , grey , antiseptic and emotionally "
+    "desiccated .",
+    "a sour little movie at its core ; an exploration of the emptiness that underlay the relentless gaiety of the "
+    "1920 's .",
+    "this is a film well worth seeing , talking and singing heads and all .",
+    "what really surprises about wisegirls is its low-key quality and genuine tenderness .",
+    "it 's slow -- very , very slow .",
+]
+
+
+def _augmenter(backbone: str, num_labels: int, mlm_dir: str | None):
+    from transformers import BertConfig, BertForMaskedLM
+
+    from common.cbert import LabelConditionalMLM
+    from common.text_models import ATTN_IMPLEMENTATION, TINY_CONFIG, backbone_dir
+    if mlm_dir and Path(mlm_dir).exists():
+        from common.mlm_head import load_mlm_model
+        mlm = load_mlm_model(backbone, mlm_dir)
+    elif backbone == "tiny-random-bert":
+        mlm = BertForMaskedLM(BertConfig(attn_implementation=ATTN_IMPLEMENTATION, **TINY_CONFIG))
+    else:  # timing only: a randomly initialised MLM head costs the same as a trained one
+        mlm = BertForMaskedLM.from_pretrained(str(backbone_dir(backbone)), local_files_only=True,
+                                              attn_implementation=ATTN_IMPLEMENTATION)
+    return LabelConditionalMLM(mlm, num_labels)
+
+
+def _median_times(fns: dict, repeats: int) -> dict[str, float]:
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, (reset, fn) in fns.items():
+            reset()
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def run_text_benchmark(repeats: int = 5, out_dir: Path = Path("reports/benchmarks"), profile: str = "cpu",
+                       mlm_dir: str | None = None, batch_size: int = 8, n_dev: int = 10, n_aug_meta: int = 4) -> Path:
+    from common.cbert import augmentation_positions, soft_samples
+    from papers.hu19.augmentation import AugmentationStep, lookahead_dev_loss
+    from papers.hu19.text_tables import trim_padding
+    from papers.hu19.weighting import WeightingConfig, WeightingMethod, weighted_step
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    backbone = BACKBONES[profile]
+    tokenizer = load_tokenizer(backbone)
+    ids, _ = encode_texts(tokenizer, SENTENCES, 64)
+    ids = trim_padding(ids)
+    labels = torch.tensor([3, 1, 3, 2, 4, 1, 1, 3, 3, 0])
+    x, y = ids[:batch_size], labels[:batch_size]
+    dev = ArrayData(ids[:n_dev], labels[:n_dev])
+    batch = Batch(x, y, torch.arange(len(y)))
+    model = build_text_classifier(backbone, 5)
+    optimizer = torch.optim.Adam(adamw_param_groups(model, 0.01), lr=4e-5)
+    weighted_step(model, optimizer, batch, torch.full((len(y),), 1.0 / len(y)))   # Adam moments exist
+    model_state, opt_state = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
+    augmenter = _augmenter(backbone, 5, mlm_dir)
+    aug_optimizer = torch.optim.Adam(adamw_param_groups(augmenter, 0.01), lr=4e-5)
+    aug_state = copy.deepcopy(augmenter.state_dict())
+
+    def reset():
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(opt_state)
+        augmenter.load_state_dict(aug_state)
+
+    uniform = torch.full((len(y),), 1.0 / len(y))
+    ours_weight = WeightingMethod("ours_weight", model, optimizer, ArrayData(x, y), dev, 5,
+                                  WeightingConfig("softmax", 1.0, 1.0, 5.0))
+    fixed = AugmentationStep("fixed_aug", model, optimizer, generator=torch.Generator().manual_seed(0),
+                             augmenter=augmenter)
+    ours_aug = AugmentationStep("ours_aug", model, optimizer, generator=torch.Generator().manual_seed(0),
+                                augmenter=augmenter, augmenter_optimizer=aug_optimizer, dev=(dev.x, dev.y),
+                                n_aug_meta=n_aug_meta)
+
+    def official_style_meta_step():
+        """One second-order lookahead per example (the official code's loop), then the augmenter step."""
+        augmenter.train()
+        aug_optimizer.zero_grad(set_to_none=True)
+        g = torch.Generator().manual_seed(0)
+        for i in range(len(y)):
+            xi, yi = trim_padding(x[i:i + 1]), y[i:i + 1]
+            soft = soft_samples(augmenter, xi, yi, augmentation_positions(xi, g), n_aug_meta, g)
+            (lookahead_dev_loss(model, optimizer, soft, yi.repeat(n_aug_meta), dev.x, dev.y) / len(y)).backward()
+        aug_optimizer.step()
+
+    timed = {
+        "base": (reset, lambda: weighted_step(model, optimizer, batch, uniform)),
+        "ours_weight": (reset, lambda: ours_weight(batch)),
+        "fixed_aug": (reset, lambda: fixed(batch)),
+        "ours_aug": (reset, lambda: ours_aug(batch)),
+    }
+    medians = _median_times(timed, repeats)
+    loop = _median_times({"official_loop_meta": (reset, official_style_meta_step)}, max(1, repeats // 2))
+    meta_only = medians["ours_aug"] - medians["fixed_aug"]
+    rows = [
+        {"method": "base", "ms_per_step": round(1000 * medians["base"], 1), "ratio": "1.00 (reference)"},
+        {"method": "ours_weight", "ms_per_step": round(1000 * medians["ours_weight"], 1),
+         "ratio": f"{medians['ours_weight'] / medians['base']:.2f} x base (target <= 3)"},
+        {"method": "fixed_aug", "ms_per_step": round(1000 * medians["fixed_aug"], 1), "ratio": "1.00 (reference)"},
+        {"method": "ours_aug", "ms_per_step": round(1000 * medians["ours_aug"], 1),
+         "ratio": f"{medians['ours_aug'] / medians['fixed_aug']:.2f} x fixed_aug (target <= 4)"},
+        {"method": "ours_aug meta step, official per-example loop", "ms_per_step":
+            round(1000 * (loop["official_loop_meta"] + medians["fixed_aug"]), 1),
+         "ratio": f"{(loop['official_loop_meta'] + medians['fixed_aug']) / medians['fixed_aug']:.2f} x fixed_aug "
+                  f"(batched meta step {loop['official_loop_meta'] / max(meta_only, 1e-9):.1f}x faster)"},
+    ]
+    result = {
+        "paper": "hu19", "profile": profile,
+        "setup": (f"{backbone} classifier, batch {len(y)} SST-style sentences (trimmed to {x.shape[1]} tokens), "
+                  f"dev {n_dev}, n_aug_meta {n_aug_meta}, Adam 4e-5, 1 thread, median of {repeats} interleaved "
+                  "repeats in one process"),
+        "rows": rows,
+        "notes": ["ours_weight: Adam deltas need per-example gradients (torch.func.vmap); the lookahead and dev "
+                  "gradient add about one more forward/backward.",
+                  "ours_aug: the augmenter's soft samples for n_aug_meta copies, a classifier backward with "
+                  "create_graph, the Adam step as a graph, the dev loss at theta' and the second-order backward."],
+    }
+    out = Path(out_dir) / "hu19_text.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out, result)
+    return out

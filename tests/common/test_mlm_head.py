@@ -1,0 +1,251 @@
+"""common.mlm_head: BERT masking, MLM training on the tiny model (learns, atomic, no overwrite), loading,
+tied decoder, the train-pool-only corpus, and `repro mlm`."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from common import mlm_head
+from common.errors import ConfigError
+from common.mlm_head import PROBE_SENTENCES, load_mlm_model, mask_tokens, mlm_corpus, top_k_fills, train_mlm
+from common.text_models import adamw_param_groups, load_tokenizer, minilm_dir
+
+SENTENCE = "the cat sat on the mat ."
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def bert_batch(n_rows: int, max_len: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[CLS] wordpieces [SEP] [PAD]..., lengths 0..max_len-2 real tokens (some rows with none)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(n_rows, max_len, dtype=torch.long)
+    for row in range(n_rows):
+        n = int(torch.randint(0, max_len - 1, (1,), generator=g))
+        ids[row, 0], ids[row, n + 1] = 101, 102
+        ids[row, 1:n + 1] = torch.randint(1000, 30522, (n,), generator=g)
+    return ids, (ids != 0).long()
+
+
+def test_mask_tokens_bert_rates_and_invariants():
+    ids, attention = bert_batch(3000, 48, seed=0)
+    masked, labels = mask_tokens(ids, attention, torch.Generator().manual_seed(1))
+    real = (attention == 1) & (ids != 101) & (ids != 102)
+    chosen = labels != -100
+    assert not (chosen & ~real).any()                                      # never [CLS]/[SEP]/[PAD]
+    assert torch.equal(masked[~chosen], ids[~chosen]) and torch.equal(labels[chosen], ids[chosen])
+    n_real = real.sum(1)
+    expected = torch.floor(n_real * 0.15 + 0.5).long().clamp(1, 20).minimum(n_real)
+    assert torch.equal(chosen.sum(1), expected)                            # >= 1 per sentence, <= 20
+    assert (chosen.sum(1)[n_real > 0] >= 1).all() and (chosen.sum(1) <= 20).all()
+    assert ((n_real > 140) | (chosen.sum(1) < 20)).any()                   # the cap is reached in long rows
+    as_mask = (masked[chosen] == 103).float().mean().item()
+    unchanged = (masked[chosen] == ids[chosen]).float().mean().item()
+    replaced = masked[chosen & (masked != 103) & (masked != ids)]
+    assert abs(as_mask - 0.8) < 0.02 and abs(unchanged - 0.1) < 0.015     # ~ 80 / 10 / 10 %
+    assert abs(len(replaced) / chosen.sum().item() - 0.1) < 0.015
+    assert replaced.min() >= 1000 and replaced.max() < 30522              # random wordpieces, no specials
+    # positions are uniform over the real tokens: the first and the last real token are chosen equally often
+    first = chosen[:, 1][n_real >= 10].float().mean()
+    last = chosen[torch.arange(len(ids)), n_real][n_real >= 10].float().mean()
+    assert abs(first - last) < 0.04
+    again = mask_tokens(ids, attention, torch.Generator().manual_seed(1))
+    other = mask_tokens(ids, attention, torch.Generator().manual_seed(2))
+    assert torch.equal(again[0], masked) and torch.equal(again[1], labels)
+    assert not torch.equal(other[1], labels)
+
+
+def test_mask_tokens_short_rows():
+    ids = torch.tensor([[101, 2000, 102, 0], [101, 102, 0, 0]])
+    masked, labels = mask_tokens(ids, (ids != 0).long(), torch.Generator().manual_seed(0))
+    assert labels.tolist() == [[-100, 2000, -100, -100], [-100] * 4]   # the one real token; none in an empty row
+
+
+def tiny_run(out_dir: Path, steps: int = 30, **kwargs) -> dict:
+    texts = [SENTENCE] * 40 + ["the mat sat on the cat ."]
+    return train_mlm("tiny-random-bert", texts, [SENTENCE] * 4, out_dir, steps=steps, batch_size=8, lr=1e-2,
+                     log_every=10, **kwargs)
+
+
+def test_train_mlm_learns_and_writes_atomically(tmp_path):
+    logged = []
+    report = tiny_run(tmp_path / "mlm", on_log=logged.append)
+    assert report["dev_loss_best"] < report["dev_loss_before"] - 5        # 10.3 (uniform) -> ~1.8: learnt
+    assert [h["step"] for h in report["history"]] == [0, 10, 20, 30] and logged == report["history"]
+    assert report["dev_loss_best"] == min(h["dev_loss"] for h in report["history"])
+    assert report["step_best"] in (10, 20, 30) and report["n_train_texts"] == 41 and report["n_dev_texts"] == 4
+    assert list(report["fills"]) == list(PROBE_SENTENCES)
+    assert report["fills"]["a [MASK] movie with great acting ."][0] in SENTENCE.split()
+    files = {p.name for p in (tmp_path / "mlm").iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "mlm_report.json"} <= files
+    assert json.loads((tmp_path / "mlm/mlm_report.json").read_text()) == report
+    assert [p.name for p in tmp_path.iterdir()] == ["mlm"]                # no temp folder left behind
+
+
+def test_train_mlm_refuses_to_overwrite(tmp_path):
+    out = tmp_path / "mlm"
+    tiny_run(out, steps=0)
+    before = (out / "model.safetensors").read_bytes()
+    with pytest.raises(ConfigError, match="exists and is not empty.*repro mlm --overwrite"):
+        tiny_run(out, steps=0, seed=1)
+    assert (out / "model.safetensors").read_bytes() == before
+    report = tiny_run(out, steps=0, seed=1, overwrite=True)
+    assert report["seed"] == 1 and (out / "model.safetensors").read_bytes() != before
+    assert [p.name for p in tmp_path.iterdir()] == ["mlm"]
+
+
+def test_dev_loss_is_comparable_across_batch_sizes(tmp_path):
+    dev = [SENTENCE, "a cat .", "what is the mat on the moon made of ?"] * 15
+    losses = {train_mlm("tiny-random-bert", [], dev, tmp_path / str(size), steps=0, batch_size=size)["dev_loss_before"]
+              for size in (4, 32)}
+    assert len(losses) == 1                                  # fixed dev masks, whatever the batch size
+
+
+def test_train_mlm_failure_leaves_no_out_dir(tmp_path, monkeypatch):
+    from transformers import PreTrainedTokenizerBase
+
+    def fail(self, folder, *args, **kwargs):
+        (Path(folder) / "half-written").write_text("x")
+        raise OSError("disk full")
+    monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", fail)
+    with pytest.raises(OSError, match="disk full"):
+        tiny_run(tmp_path / "mlm", steps=2)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_mlm_model_round_trips(tmp_path):
+    tiny_run(tmp_path / "untrained", steps=0)
+    torch.manual_seed(0)                                     # train_mlm's seed: the same random tiny model
+    reference = load_mlm_model("tiny-random-bert").eval()
+    loaded = load_mlm_model("tiny-random-bert", tmp_path / "untrained")
+    ids = torch.tensor([[101, 1037, 103, 3185, 102, 0]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, reference(input_ids=ids).logits, rtol=0, atol=0)
+    report = tiny_run(tmp_path / "trained")
+    trained = load_mlm_model("tiny-random-bert", str(tmp_path / "trained"))
+    assert top_k_fills(trained, load_tokenizer("tiny-random-bert"), PROBE_SENTENCES) == report["fills"]
+    assert trained.cls.predictions.decoder.weight is trained.bert.embeddings.word_embeddings.weight
+    with pytest.raises(ConfigError, match="MLM model of 'tiny-random-bert', not of 'all-MiniLM-L6-v2'"):
+        load_mlm_model("all-MiniLM-L6-v2", tmp_path / "trained")
+
+
+def test_minilm_needs_a_trained_head_dir(tmp_path):
+    with pytest.raises(ConfigError, match=r"artifacts/mlm/all-MiniLM-L6-v2.*`repro mlm --profile cpu`.*mlm_hu19"):
+        load_mlm_model("all-MiniLM-L6-v2")
+    with pytest.raises(ConfigError, match=rf"{tmp_path / 'nowhere'}: no trained MLM model.*repro mlm"):
+        load_mlm_model("all-MiniLM-L6-v2", tmp_path / "nowhere")
+    try:
+        package = minilm_dir()
+    except ConfigError:
+        pytest.skip("MiniLM package missing")
+    with pytest.raises(ConfigError, match="not a trained MLM model.*missing.*cls.predictions"):
+        load_mlm_model("all-MiniLM-L6-v2", package)        # the encoder alone: its head would be random
+
+
+def test_decoder_tied_and_each_parameter_stepped_once():
+    torch.manual_seed(0)
+    model = load_mlm_model("tiny-random-bert")
+    decoder, embeddings = model.cls.predictions.decoder, model.bert.embeddings.word_embeddings
+    assert decoder.weight is embeddings.weight and decoder.bias is model.cls.predictions.bias
+    groups = adamw_param_groups(model, 0.01)
+    listed = [id(p) for g in groups for p in g["params"]]
+    assert len(listed) == len(set(listed)) and set(listed) == {id(p) for p in model.parameters()}
+    optimizer = torch.optim.AdamW(groups, lr=1e-3)
+    ids = torch.tensor([[101, 1037, 103, 3185, 102]])
+    model(input_ids=ids, labels=torch.tensor([[-100, -100, 2204, -100, -100]])).loss.backward()
+    before = embeddings.weight.detach().clone()
+    optimizer.step()
+    assert decoder.weight is embeddings.weight
+    # Adam's first step moves a parameter by ~lr: a parameter listed twice would move by ~2 lr
+    assert (embeddings.weight - before).abs().max() < 1.1e-3
+
+
+@pytest.fixture(scope="module")
+def text_mirror() -> str:
+    path = os.environ.get("REPRO_DATA_MIRROR")
+    if not path or not all((Path(path) / name).is_dir() for name in ("sst5", "sst2", "trec", "imdb")):
+        pytest.skip("REPRO_DATA_MIRROR with sst5/, sst2/, trec/, imdb/ is needed (CI sets it)")
+    return path
+
+
+def test_mlm_corpus_uses_train_pools_only(text_mirror):
+    from common.data import load_dataset
+    train, dev = mlm_corpus(text_mirror, imdb_limit=None)
+    corpus = set(train) | set(dev)
+    assert len(corpus) == len(train) + len(dev) and not set(train) & set(dev)
+    assert abs(len(dev) / len(corpus) - 0.02) < 0.001 and not any("<br />" in t for t in corpus)
+    clean = lambda text: " ".join(text.replace("<br />", " ").split())
+    forbidden = {}
+    for name in ("sst5", "sst2"):
+        splits = load_dataset(name, text_mirror)
+        forbidden[name] = {clean(t) for split in ("dev", "test") for t in splits[split][0]}
+    trec = load_dataset("trec", text_mirror)
+    forbidden["trec"] = {clean(t) for t in trec["train"][0][-500:] + trec["test"][0]}
+    imdb = load_dataset("imdb", text_mirror)
+    texts, labels = imdb["train"]
+    tails = [i for label in (0, 1) for i in (labels == label).nonzero()[0][-500:]]
+    forbidden["imdb"] = {clean(texts[i]) for i in tails} | {clean(t) for t in imdb["test"][0]}
+    for name, texts_out in forbidden.items():
+        assert not corpus & texts_out, name
+    kept_trec = {clean(t) for t in trec["train"][0][:-500]} - forbidden["trec"]
+    assert kept_trec <= corpus and len(kept_trec) > 4000       # the rest of the TREC pool is used
+    sst5_train = {clean(t) for t in load_dataset("sst5", text_mirror)["train"][0]}
+    assert len(sst5_train & corpus) > 8500                      # nearly all SST-5 train sentences
+    assert len(corpus) > 8500 + 4000 + 20000                    # + IMDB reviews (imdb_limit=None)
+
+
+def test_mlm_corpus_is_seeded(text_mirror):
+    first = mlm_corpus(text_mirror, datasets=("trec", "imdb"), imdb_limit=50, seed=0)
+    assert mlm_corpus(text_mirror, datasets=("trec", "imdb"), imdb_limit=50, seed=0) == first
+    other = mlm_corpus(text_mirror, datasets=("trec", "imdb"), imdb_limit=50, seed=1)
+    assert other[1] != first[1] and sum(len(part) for part in first) < 4952 + 50
+
+
+SMOKE_BLOCK = {"backbone": "tiny-random-bert", "steps": 2, "batch_size": 4, "lr": 1.0e-4, "max_seq_len": 32,
+               "seed": 0, "imdb_limit": 10}
+
+
+def run_cli(tmp_path, block: dict | None, *extra: str) -> int:
+    import yaml
+
+    from pipelines.cli import main
+    from tests.conftest import REPO
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["hu19"]["mlm"]["smoke"] = block
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return main(["--params", str(tmp_path / "params.yaml"), "mlm", "--profile", "smoke", *extra])
+
+
+def test_cli_mlm_trains_then_refuses_to_overwrite(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(mlm_head, "mlm_corpus", lambda *args, **kwargs: ([SENTENCE] * 9, [SENTENCE]))
+    block = {**SMOKE_BLOCK, "out_dir": str(tmp_path / "artifacts/mlm/smoke")}
+    assert run_cli(tmp_path, block) == 0
+    report = json.loads((tmp_path / "artifacts/mlm/smoke/mlm_report.json").read_text())
+    assert report["profile"] == "smoke" and report["steps"] == 2 and report["n_train_texts"] == 9
+    assert "dev MLM loss" in capsys.readouterr().out
+    assert run_cli(tmp_path, block) == 2
+    assert "smoke: exists and is not empty" in capsys.readouterr().err
+    assert run_cli(tmp_path, block, "--overwrite") == 0
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"steps": "600"}, r"hu19\.mlm\.smoke\.steps: expected int, got '600' \(a quoted number is text"),
+    ({"lr": "1e-4"}, r"hu19\.mlm\.smoke\.lr: expected float, got '1e-4' \(YAML reads 1e-4 as text"),
+    ({"step": 3}, r"hu19\.mlm\.smoke: unknown key\(s\) \['step'\]"),
+    ({"out_dir": None}, r"hu19\.mlm\.smoke\.out_dir: missing"),
+    (None, r"hu19\.mlm\.smoke: missing \(expected the keys"),
+], ids=["steps-string", "lr-1e-4", "unknown-key", "out_dir-missing", "block-missing"])
+def test_cli_mlm_bad_params(tmp_path, capsys, change, message):
+    import re
+    block = None if change is None else {k: v for k, v in {**SMOKE_BLOCK, "out_dir": "x", **change}.items()
+                                         if v is not None}
+    assert run_cli(tmp_path, block) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "x").exists()

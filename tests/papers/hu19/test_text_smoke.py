@@ -1,0 +1,64 @@
+"""Smoke runs of every hu19 text method (Tables 1 and 3) on real SST-5 / SST-2 slices, tiny BERT."""
+import math
+
+import pytest
+
+from common.config import load_params
+from common.errors import ConfigError
+from papers.hu19.tables import execute, resolve_requirements, validate_table_config
+from pipelines.grid import table_configs
+from tests.conftest import REPO
+
+
+@pytest.fixture
+def params(tmp_path, mirror):
+    p = load_params(REPO / "params.yaml")
+    p["base"].update(results_dir=str(tmp_path / "results"), splits_dir=str(tmp_path / "splits"),
+                     tracking_uri="none", data_mirror=mirror, profile="smoke")
+    return p
+
+
+def first_seed_per_method(configs):
+    seen = {}
+    for c in configs:
+        if c["seed"] == 0 and c["method"] not in seen:
+            seen[c["method"]] = c
+    return seen
+
+
+@pytest.mark.parametrize("table", ["table1", "table3"])
+def test_every_text_method_runs(params, mirror, table):
+    configs = first_seed_per_method(table_configs(params, "hu19", "smoke", table))
+    assert set(configs) == set(params["hu19"]["profiles"]["smoke"][table]["methods"])
+    for method, c in configs.items():
+        if "requires" in c:
+            c = resolve_requirements(c, [{"metrics": {"steps_at_best": 3}, "config_hash": "x"}])
+        out = execute(c, mirror)
+        m = out["metrics"]
+        assert 0.0 <= m["test_acc"] <= 100.0 and not math.isnan(m["test_acc"]), method
+        assert m["n_test"] == c["test_limit"], method
+        assert out["history"], method
+        if method in ("fixed_aug", "ours_aug"):
+            assert out["cbert"]["epochs"], "the augmenter's MLM fitting is recorded"
+        if method == "ours_aug" and c["dataset"] == "sst5":
+            fills = out["figure2"]
+            assert {"epoch_1", f"epoch_{c['epochs']}"} <= set(fills)
+            assert all(len(v) == 5 for v in fills["epoch_1"].values())
+
+
+def test_text_runs_are_deterministic(params, mirror):
+    configs = first_seed_per_method(table_configs(params, "hu19", "smoke", "table1"))
+    for method in ("ours_weight", "ours_aug"):
+        assert execute(configs[method], mirror)["metrics"] == execute(configs[method], mirror)["metrics"]
+
+
+def test_bad_text_table_config_is_a_clear_error(params):
+    cfg = dict(params["hu19"]["profiles"]["smoke"]["table1"])
+    with pytest.raises(ConfigError, match="dev_source"):
+        bad = {**cfg, "settings": {"sst5": {**cfg["settings"]["sst5"], "dev_source": "nowhere"}}}
+        validate_table_config("table1", bad, "p")
+    with pytest.raises(ConfigError, match="mlm_dir"):
+        validate_table_config("table1", {**cfg, "backbone": "all-MiniLM-L6-v2", "mlm_dir": None}, "p")
+    with pytest.raises(ConfigError, match="augmentation.n_aug_meta"):
+        validate_table_config("table1", {**cfg, "augmentation": {k: v for k, v in cfg["augmentation"].items()
+                                                                 if k != "n_aug_meta"}}, "p")
