@@ -254,3 +254,54 @@ def test_table_summaries_are_logged(toy, monkeypatch):
     assert t1_cells[0] == {"setting": "s1", "method": "base", "mean": 55.0, "std": 2.0, "n": 2, "verdict": "FAIL"}
     assert t1_cells[2]["n"] == 0 and t1_cells[2]["verdict"] == "NOT RUN: needs a GPU"
     assert calls[1][4] == [report.REPORTS_DIR / "hu19.md", report.REPORTS_DIR / "figures" / "hu19_t2.png"]
+
+
+def test_diverged_runs_are_counted_and_explained(toy, tmp_path):
+    key = RunKey("hu19", "t1", "s1", "m1", 1)
+    path = key.path(tmp_path / "results", "cpu")
+    result = json.loads(path.read_text())
+    path.unlink()
+    write_json_atomic(path, {**result, "method": "m1", "diverged": {"epoch": 4, "reason": "meta-gradient is not finite"},
+                             "metrics": {**result["metrics"], "phi_max": 6.2e18}})
+    report.write_reports(toy, "cpu")
+    text = (tmp_path / "reports" / "hu19.md").read_text()
+    row = verdict_rows(text, "t1")[("S one", "Method one")]
+    assert row[1] == "62.00 ± 1.00 (2), 1 diverged"             # still counted, with its best-dev accuracy
+    assert "m1 seed 1 at 4 (max phi 6.2e+18)" in section(text, "t1")
+
+
+def test_paper_orderings_are_checked_on_our_numbers(toy, tmp_path, monkeypatch):
+    published = json.loads(json.dumps(PUBLISHED))
+    published["tables"]["t2"]["orderings"] = [["m1", "base"], ["m2", "base"], ["m1", "m2"]]
+    (tmp_path / "papers" / "hu19" / "paper_tables.yaml").write_text(yaml.safe_dump(published, sort_keys=False))
+    report.write_reports(toy, "cpu")
+    t2 = section((tmp_path / "reports" / "hu19.md").read_text(), "t2")
+    rows = {tuple(c.strip() for c in line.strip("|").split(" | ")[:2]): line for line in t2.splitlines()
+            if "> base" in line or "m1 > m2" in line}
+    # r1: m1 = 46 ± 1 (2 finite) vs base 41 ± 1: +5 beyond 2 SE -> holds
+    assert rows[("R one", "m1 > base")].endswith("| holds |")
+    assert "46.00 vs 41.00 (+5.00" in rows[("R one", "m1 > base")]
+    assert ("R three", "m1 > base") not in rows            # a setting without any run is not listed
+
+
+def test_figure2_section_from_the_lowest_seed(toy, tmp_path):
+    published = json.loads(json.dumps(PUBLISHED))
+    published["tables"]["table1"] = published["tables"].pop("t1")
+    published["figure2"] = {"sentence": "S.", "label": "negative",
+                            "fills": {"striking": {"epoch_1": list("abcde"), "epoch_3": list("fghij")}}}
+    (tmp_path / "papers" / "hu19" / "paper_tables.yaml").write_text(yaml.safe_dump(published, sort_keys=False))
+    toy["hu19"]["profiles"] = {p: {"table1" if t == "t1" else t: c for t, c in v.items()}
+                               for p, v in toy["hu19"]["profiles"].items()}
+    for seed, word in ((1, "later"), (0, "first")):
+        key = RunKey("hu19", "table1", "s1", "ours_aug", seed)
+        write_json_atomic(key.path(tmp_path / "results", "cpu"), {
+            "paper": "hu19", "table": "table1", "setting": "s1", "method": "ours_aug", "seed": seed, "profile": "cpu",
+            "config_hash": "h", "git_sha": "a", "config": {}, "wall_s": 1.0, "finished_at": "2024-01-01T00:00:00+00:00",
+            "metrics": {"test_acc": 50.0, "best_dev_acc": 0.0, "best_epoch": 1, "steps_at_best": 1},
+            "figure2": {"sentence": "s .", "label": 1, "epoch_0": {"striking": [word] * 5},
+                        "epoch_1": {"striking": ["x"] * 5}, "epoch_3": {"striking": ["y"] * 5}}})
+    report.write_reports(toy, "cpu")
+    text = (tmp_path / "reports" / "hu19.md").read_text()
+    assert "Figure 2 analog" in text and "seed 0)" in text
+    assert "| striking | 0 | — | first, first, first, first, first |" in text
+    assert "| striking | 1 | a, b, c, d, e | x, x, x, x, x |" in text
