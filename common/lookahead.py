@@ -21,6 +21,7 @@ Models are called through torch.func.functional_call in whatever train/eval mode
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -142,27 +143,61 @@ def per_example_grads(model: nn.Module, params: ParamDict, buffers: ParamDict, x
     return vmap(grad(one), in_dims=(None, 0, 0))(params, x, y)
 
 
+FUSE_MIN_NUMEL = 100_000      # per-example Adam deltas of tensors this large use the fused kernel
+
+
+def _adam_delta_math(g: Tensor, p: Tensor, m: Tensor, v: Tensor, l2: Tensor, decoupled: Tensor, b1: Tensor,
+                     b2: Tensor, lr_bc1: Tensor, bc2: Tensor, eps: Tensor) -> Tensor:
+    """Elementwise Adam/AdamW step from state (m, v) for gradient(s) g; hyperparameters as 0-d
+    tensors so that one compiled kernel serves every step (floats would be baked in)."""
+    g = g + l2 * p
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    # clamp: sqrt'(0) is infinite, so a differentiable step (second-order meta step) would get
+    # NaN (inf * 0) wherever v = 0; the value changes by < 1e-18, far below eps
+    return -lr_bc1 * m / ((v / bc2).clamp_min(torch.finfo(v.dtype).tiny).sqrt() + eps) - decoupled * p
+
+
+_FUSED = None
+
+
+def _fused_adam_delta():
+    """`_adam_delta_math` compiled into one pass over memory (torch.compile, CPU or GPU). On CPU the
+    eager version makes ~10 passes over B x n floats and dominates the per-example meta step of a
+    BERT (8 x 22.7M floats: ~7 s eager vs ~0.8 s fused per 11.7M-float tensor, measured here).
+    Disabled by REPRO_FUSED_ADAM=0; never used when gradients must flow (second-order step)."""
+    global _FUSED
+    if _FUSED is None:
+        _FUSED = torch.compile(_adam_delta_math, dynamic=True)
+    return _FUSED
+
+
 def adam_deltas(params: ParamDict, grads: ParamDict, exp_avg: ParamDict, exp_avg_sq: ParamDict, step: int,
-                hp: AdamHyper) -> ParamDict:
-    """Delta_i: the Adam/AdamW update each example alone would cause from the current state."""
+                hp: AdamHyper, fused: bool | None = None) -> ParamDict:
+    """Delta_i: the Adam/AdamW update each example alone would cause from the current state.
+    `grads` holds per-example gradients [B, *shape] or one gradient [*shape]. `fused`: None = the
+    compiled kernel for tensors of >= FUSE_MIN_NUMEL elements (REPRO_FUSED_ADAM=0 disables it),
+    True = always, False = never; never while a gradient must flow through the step."""
     b1, b2 = hp.betas
     t = step + 1
     bc1 = 1 - b1 ** t if hp.bias_correction else 1.0
     bc2 = 1 - b2 ** t if hp.bias_correction else 1.0
+    auto = fused is None and os.environ.get("REPRO_FUSED_ADAM", "1") != "0"
     deltas = {}
     for n, g in grads.items():
         p = params[n]
         decay = hp.decay(n)
-        if decay and not hp.decoupled:
-            g = g + decay * p
-        m = b1 * exp_avg[n] + (1 - b1) * g
-        v = b2 * exp_avg_sq[n] + (1 - b2) * g * g
-        # clamp: sqrt'(0) is infinite, so a differentiable step (second-order meta step) would get
-        # NaN (inf * 0) wherever v = 0; the value changes by < 1e-18, far below eps
-        delta = -(hp.lr / bc1) * m / ((v / bc2).clamp_min(torch.finfo(v.dtype).tiny).sqrt() + hp.eps)
-        if decay and hp.decoupled:
-            delta = delta - hp.lr * decay * p
-        deltas[n] = delta
+        scalars = [torch.tensor(x, dtype=g.dtype, device=g.device) for x in
+                   (0.0 if hp.decoupled else decay, hp.lr * decay if hp.decoupled else 0.0, b1, b2, hp.lr / bc1, bc2,
+                    hp.eps)]
+        differentiable = torch.is_grad_enabled() and (g.requires_grad or p.requires_grad)
+        use_fused = not differentiable and (fused is True or (auto and g.numel() >= FUSE_MIN_NUMEL))
+        if use_fused:   # flattened to 2-D so that one compiled kernel serves every parameter
+            flat = _fused_adam_delta()(g.reshape(-1, p.numel()), p.reshape(-1), exp_avg[n].reshape(-1),
+                                       exp_avg_sq[n].reshape(-1), *scalars)
+            deltas[n] = flat.reshape(g.shape)
+        else:
+            deltas[n] = _adam_delta_math(g, p, exp_avg[n], exp_avg_sq[n], *scalars)
     return deltas
 
 
@@ -175,7 +210,7 @@ def adam_meta_gradient(model: nn.Module, params: ParamDict, buffers: ParamDict, 
     w = w.detach()
     lookahead = {n: params[n] + torch.tensordot(w, d, dims=1) for n, d in deltas.items()}
     _, g_dev = dev_loss_grad(model, lookahead, buffers, dev_x, dev_y)
-    return sum((d * g_dev[n]).flatten(1).sum(1) for n, d in deltas.items())
+    return sum(d.reshape(len(w), -1) @ g_dev[n].reshape(-1) for n, d in deltas.items())   # <G, Delta_i>, one gemv each
 
 
 def reference_meta_gradient(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,

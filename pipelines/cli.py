@@ -79,8 +79,10 @@ def cmd_bench(args) -> int:
     profile = _profile(args, params)
     if args.suite == "text":
         from pipelines.bench_text import run_text_benchmark
-        mlm_dir = params.get("hu19", {}).get("profiles", {}).get(profile, {}).get("table1", {}).get("mlm_dir")
-        path = run_text_benchmark(repeats=args.repeats, out_dir=Path(args.out), profile=profile, mlm_dir=mlm_dir)
+        table1 = params.get("hu19", {}).get("profiles", {}).get(profile, {}).get("table1", {})
+        path = run_text_benchmark(repeats=args.repeats, out_dir=Path(args.out), profile=profile,
+                                  mlm_dir=table1.get("mlm_dir"),
+                                  n_aug_meta=table1.get("augmentation", {}).get("n_aug_meta", 4))
     else:
         from pipelines.bench import run_benchmark
         path = run_benchmark(args.paper, repeats=args.repeats, out_dir=Path(args.out), profile=profile)

@@ -152,3 +152,20 @@ def test_parameter_groups_with_different_weight_decay(problem, opt_cls):
     opt.param_groups[1]["lr"] = 0.1
     with pytest.raises(ValueError, match=r"differ in \['lr'\]"):
         lookahead_meta_gradient(model, opt, x, y, dev_x, dev_y, w)
+
+
+def test_fused_adam_deltas_equal_the_eager_ones():
+    """The compiled one-pass kernel (used for BERT-sized tensors) gives the eager deltas."""
+    from common.lookahead import AdamHyper, adam_deltas
+
+    g = torch.Generator().manual_seed(0)
+    params = {"w": torch.randn(7, 5, generator=g), "b": torch.randn(5, generator=g)}
+    grads = {n: torch.randn(4, *p.shape, generator=g) * 1e-2 for n, p in params.items()}
+    m = {n: torch.randn(p.shape, generator=g) * 1e-3 for n, p in params.items()}
+    v = {n: torch.rand(p.shape, generator=g) * 1e-5 for n, p in params.items()}
+    v["b"][0] = 0.0
+    for hp in (AdamHyper(1e-3, weight_decay={"w": 0.01}), AdamHyper(1e-3, weight_decay=0.1, decoupled=True)):
+        eager = adam_deltas(params, grads, m, v, 3, hp, fused=False)
+        fused = adam_deltas(params, grads, m, v, 3, hp, fused=True)
+        for n in params:
+            torch.testing.assert_close(fused[n], eager[n], rtol=1e-5, atol=1e-9)
