@@ -21,6 +21,7 @@ Models are called through torch.func.functional_call in whatever train/eval mode
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vmap
 
 ParamDict = dict[str, Tensor]
+log = logging.getLogger("repro.lookahead")
 
 
 @dataclass(frozen=True)
@@ -192,13 +194,22 @@ def adam_deltas(params: ParamDict, grads: ParamDict, exp_avg: ParamDict, exp_avg
                     hp.eps)]
         differentiable = torch.is_grad_enabled() and (g.requires_grad or p.requires_grad)
         use_fused = not differentiable and (fused is True or (auto and g.numel() >= FUSE_MIN_NUMEL))
-        if use_fused:   # flattened to 2-D so that one compiled kernel serves every parameter
-            flat = _fused_adam_delta()(g.reshape(-1, p.numel()), p.reshape(-1), exp_avg[n].reshape(-1),
-                                       exp_avg_sq[n].reshape(-1), *scalars)
-            deltas[n] = flat.reshape(g.shape)
-        else:
-            deltas[n] = _adam_delta_math(g, p, exp_avg[n], exp_avg_sq[n], *scalars)
+        if use_fused and _FUSED is not False:   # 2-D, so one compiled kernel serves every parameter
+            try:
+                flat = _fused_adam_delta()(g.reshape(-1, p.numel()), p.reshape(-1), exp_avg[n].reshape(-1),
+                                           exp_avg_sq[n].reshape(-1), *scalars)
+                deltas[n] = flat.reshape(g.shape)
+                continue
+            except Exception as exc:   # e.g. no C++ compiler for inductor: same numbers, eager speed
+                _disable_fused(exc)
+        deltas[n] = _adam_delta_math(g, p, exp_avg[n], exp_avg_sq[n], *scalars)
     return deltas
+
+
+def _disable_fused(exc: Exception) -> None:
+    global _FUSED
+    _FUSED = False
+    log.warning("fused Adam deltas unavailable (%s: %s); using the eager computation", type(exc).__name__, exc)
 
 
 def adam_meta_gradient(model: nn.Module, params: ParamDict, buffers: ParamDict, x: Tensor, y: Tensor,
