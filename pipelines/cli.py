@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -131,7 +132,19 @@ def cmd_mlm(args) -> int:
                        report_extra={"profile": profile, "datasets": list(datasets), "imdb_limit": cfg["imdb_limit"]})
     print(f"wrote {cfg['out_dir']}: dev MLM loss {report['dev_loss_before']:.3f} -> {report['dev_loss_best']:.3f} "
           f"(step {report['step_best']}), {report['wall_s']:.0f} s")
+    print(f"wrote {publish_mlm_report(cfg['out_dir'], profile)}")
     return 0
+
+
+def publish_mlm_report(out_dir: str | Path, profile: str, reports_dir: Path = Path("reports/mlm")) -> Path:
+    """Copy the MLM's report (small JSON) to reports/mlm/hu19_<profile>.json: the model itself is
+    DVC-cached, not committed, but readers of the hu19 report see its dev loss and sample fills."""
+    from common.mlm_head import REPORT_NAME
+    from common.results import write_json_atomic
+
+    target = reports_dir / f"hu19_{profile}.json"
+    write_json_atomic(target, json.loads((Path(out_dir) / REPORT_NAME).read_text()))
+    return target
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -325,6 +325,20 @@ def render_figure2(published: dict, runs: list[dict]) -> list[str]:
             *_markdown_table(["masked word", "epoch", "paper", "ours"], rows), ""]
 
 
+def render_mlm(path: Path) -> str:
+    """The MLM the text augmenter starts from (reports/mlm/<paper>_<profile>.json): dev loss, fills."""
+    mlm = json.loads(path.read_text())
+    lines = ["## The MLM the text augmenter starts from", "",
+             f"Backbone {mlm.get('backbone')}: masked-LM fine-tuning of the whole model for {mlm.get('steps')} steps "
+             f"(batch {mlm.get('batch_size')}, lr {mlm.get('lr')}) on {mlm.get('n_train_texts')} train-pool texts "
+             f"({', '.join(mlm.get('datasets', []))}; no dev or test example). Dev MLM loss "
+             f"{mlm.get('dev_loss_before', float('nan')):.3f} before, {mlm.get('dev_loss_best', float('nan')):.3f} "
+             f"best (step {mlm.get('step_best')}) on {mlm.get('n_dev_texts')} held-out train-pool texts.", "",
+             *_markdown_table(["probe ([MASK] filled)", "top-5 fills"],
+                              [[sentence, ", ".join(fills)] for sentence, fills in mlm.get("fills", {}).items()]), ""]
+    return "\n".join(lines)
+
+
 def render_performance(benchmark_path: Path) -> str:
     """The meta-step benchmark JSON (rows, setup, notes, other scalars) as a markdown section."""
     bench = json.loads(benchmark_path.read_text())
@@ -420,6 +434,9 @@ def render_paper_report(published: dict, profile: str, table_sections: str, repo
              "population std (ddof=0, as the paper's official code) over seeds; n counts runs with a finite test "
              "accuracy, runs with NaN are listed as failed.\n")
     performance = [render_performance(path) for path in benchmarks if path.exists()]
+    mlm = REPORTS_DIR / "mlm" / f"{published.get('paper', 'hu19')}_{profile}.json"
+    if mlm.exists():
+        performance.append(render_mlm(mlm))
     return "\n".join([intro, table_sections, *performance, render_inventory(reports)])
 
 

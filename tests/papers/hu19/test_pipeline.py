@@ -49,6 +49,7 @@ def test_dvc_repro_smoke_end_to_end(tmp_path, mirror):
                                                         "synonym", "fixed_aug", "ours_aug"}
     assert (work / "artifacts/mlm/smoke/mlm_report.json").exists(), "the MLM stage ran"
     assert "## Performance: text" in report
+    assert (work / "reports/mlm/hu19_smoke.json").exists() and "## The MLM the text augmenter starts from" in report
     assert any(r.data.tags.get("stage") == "aggregate" for r in runs)
 
     again = subprocess.run(["dvc", "repro"], cwd=work, capture_output=True, text=True, timeout=600)
