@@ -100,8 +100,9 @@ def execute_job(job: Job) -> dict:
         "wall_s": round(time.time() - start, 2), "threads": job.threads, "device": outcome.get("device", "cpu"),
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    if outcome.get("diverged"):
-        result["diverged"] = outcome["diverged"]
+    # anything else a paper's run returns (e.g. diverged, an augmenter's fit history, Figure 2 data)
+    result.update({k: v for k, v in outcome.items() if k not in ("metrics", "history", "train_s", "device")
+                   and k not in result})
     written = write_json_atomic(Path(job.result_path), result, exclusive=True)
     if job.checkpoint_path:
         Path(job.checkpoint_path).unlink(missing_ok=True)

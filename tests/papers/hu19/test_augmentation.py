@@ -51,7 +51,7 @@ def test_differentiable_adam_step_equals_torch_adam():
     opt.step()
     with torch.no_grad():
         real_loss = F.cross_entropy(clf(dev_x), dev_y)
-    assert float(ahead_loss) == pytest.approx(float(real_loss), rel=1e-9, abs=1e-12)
+    assert float(ahead_loss.detach()) == pytest.approx(float(real_loss), rel=1e-9, abs=1e-12)
 
 
 def test_meta_gradient_matches_central_finite_differences():

@@ -62,3 +62,15 @@ def test_bad_text_table_config_is_a_clear_error(params):
     with pytest.raises(ConfigError, match="augmentation.n_aug_meta"):
         validate_table_config("table1", {**cfg, "augmentation": {k: v for k, v in cfg["augmentation"].items()
                                                                  if k != "n_aug_meta"}}, "p")
+
+
+def test_result_file_keeps_the_augmenter_history_and_figure2(params, tmp_path):
+    import json
+
+    from pipelines.grid import run_tables
+
+    params["base"]["runner"].update(workers=1)
+    report = run_tables(params, "hu19", "smoke", ["table1"], method="ours_aug", seed=0, workers=1)
+    assert len(report.done) == 1 and not report.failed
+    saved = json.loads(next((tmp_path / "results").rglob("ours_aug/seed0.json")).read_text())
+    assert saved["cbert"]["epochs"] and {"epoch_0", "epoch_1"} <= set(saved["figure2"])
