@@ -214,14 +214,57 @@ def _disable_fused(exc: Exception) -> None:
 
 def adam_meta_gradient(model: nn.Module, params: ParamDict, buffers: ParamDict, x: Tensor, y: Tensor,
                        dev_x: Tensor, dev_y: Tensor, w: Tensor, state: tuple[ParamDict, ParamDict, int],
-                       hp: AdamHyper) -> Tensor:
-    """d L_dev(theta + sum_i w_i Delta_i) / d w for Adam deltas (Eq. 8), shape [B]."""
+                       hp: AdamHyper, token_embedding: str | None = None) -> Tensor:
+    """d L_dev(theta + sum_i w_i Delta_i) / d w for Adam deltas (Eq. 8), shape [B].
+
+    `token_embedding`: name of a [V, H] word-embedding table that the model indexes with the integer
+    input x (the model's forward must accept `inputs_embeds=`). Example i's gradient touches only the
+    rows of its own tokens, and Adam's step for a zero gradient is the same for every example, so
+    Delta_i = Delta_0 + C_i with Delta_0 the zero-gradient step and C_i non-zero only on the batch's
+    token rows R: the table costs one dense pass plus [B, |R|, H] instead of [B, V, H] (exact)."""
     exp_avg, exp_avg_sq, step = state
-    deltas = adam_deltas(params, per_example_grads(model, params, buffers, x, y), exp_avg, exp_avg_sq, step, hp)
     w = w.detach()
+    table = token_embedding
+    if table is None:
+        grads = per_example_grads(model, params, buffers, x, y)
+    else:
+        rest = {n: p for n, p in params.items() if n != table}
+        rows, grads, row_grads = per_example_grads_token_rows(model, rest, params[table], table, buffers, x, y)
+    deltas = adam_deltas(params, grads, exp_avg, exp_avg_sq, step, hp)
     lookahead = {n: params[n] + torch.tensordot(w, d, dims=1) for n, d in deltas.items()}
+    if table is not None:
+        E, m, v = params[table], exp_avg[table], exp_avg_sq[table]
+        delta0 = adam_deltas({table: E}, {table: torch.zeros_like(E)}, {table: m}, {table: v}, step, hp)[table]
+        corrections = adam_deltas({table: E[rows]}, {table: row_grads}, {table: m[rows]}, {table: v[rows]}, step,
+                                  hp)[table] - delta0[rows]                                   # C_i on rows R
+        lookahead[table] = (E + w.sum() * delta0).index_add_(0, rows, torch.tensordot(w, corrections, dims=1))
     _, g_dev = dev_loss_grad(model, lookahead, buffers, dev_x, dev_y)
-    return sum(d.reshape(len(w), -1) @ g_dev[n].reshape(-1) for n, d in deltas.items())   # <G, Delta_i>, one gemv each
+    dots = sum(d.reshape(len(w), -1) @ g_dev[n].reshape(-1) for n, d in deltas.items())   # <G, Delta_i>, one gemv each
+    if table is not None:
+        G = g_dev[table]
+        dots = dots + torch.vdot(G.flatten(), delta0.flatten()) + corrections.reshape(len(w), -1) @ G[rows].reshape(-1)
+    return dots
+
+
+def per_example_grads_token_rows(model: nn.Module, rest: ParamDict, table_weight: Tensor, table: str,
+                                 buffers: ParamDict, x: Tensor, y: Tensor) -> tuple[Tensor, ParamDict, Tensor]:
+    """Per-example gradients with a word-embedding table kept sparse: (R = the batch's distinct token
+    ids, {name: [B, *shape]} for the other parameters, [B, |R|, H] gradient of the table's rows R).
+    The gradient w.r.t. the gathered embeddings E[x_i] is summed per token id (repeated tokens)."""
+    rows, inverse = torch.unique(x, return_inverse=True)
+    embeds = table_weight.detach()[x]                                            # [B, L, H]
+
+    def one(p, e, xi, yi):
+        logits = functional_call(model, ({**p, table: table_weight}, buffers), (xi.unsqueeze(0),),
+                                 {"inputs_embeds": e.unsqueeze(0)})
+        return F.cross_entropy(logits, yi.unsqueeze(0))
+
+    g_rest, g_embeds = vmap(grad(one, argnums=(0, 1)), in_dims=(None, 0, 0, 0))(rest, embeds, x, y)
+    B, H = len(x), table_weight.shape[1]
+    offsets = (inverse + len(rows) * torch.arange(B, device=x.device)[:, None]).reshape(-1)
+    row_grads = torch.zeros(B * len(rows), H, dtype=g_embeds.dtype, device=g_embeds.device)
+    row_grads.index_add_(0, offsets, g_embeds.reshape(-1, H))
+    return rows, g_rest, row_grads.reshape(B, len(rows), H)
 
 
 def reference_meta_gradient(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
@@ -253,10 +296,14 @@ def reference_meta_gradient(model: nn.Module, optimizer: torch.optim.Optimizer, 
 
 
 def lookahead_meta_gradient(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
-                            dev_x: Tensor, dev_y: Tensor, w: Tensor, *, eval_mode: bool = True) -> Tensor:
+                            dev_x: Tensor, dev_y: Tensor, w: Tensor, *, eval_mode: bool = True,
+                            sparse_embedding: bool = True) -> Tensor:
     """dL_dev/dw for the optimizer in use (SGD, Adam or AdamW), computed in eval mode by default
     (BatchNorm running statistics, as the hu19 official code). Parameter groups may differ in
-    weight decay only (e.g. no decay on biases and LayerNorm)."""
+    weight decay only (e.g. no decay on biases and LayerNorm). A model with a
+    `token_embedding_param` attribute (the name of its word-embedding table, e.g. TextClassifier)
+    gets the exact sparse-row treatment of that table under Adam (see adam_meta_gradient) unless
+    `sparse_embedding` is False."""
     group = optimizer.param_groups[0]
     shared_keys = ("lr", "momentum", "betas", "eps", "nesterov", "dampening")
     for other in optimizer.param_groups[1:]:
@@ -280,8 +327,10 @@ def lookahead_meta_gradient(model: nn.Module, optimizer: torch.optim.Optimizer, 
         if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
             hp = AdamHyper(group["lr"], tuple(group["betas"]), group["eps"], decay,
                            decoupled=isinstance(optimizer, torch.optim.AdamW))
+            table = getattr(model, "token_embedding_param", None) if sparse_embedding else None
+            table = table if table in params and not torch.is_floating_point(x) else None
             return adam_meta_gradient(model, params, buffers, x, y, dev_x, dev_y, w,
-                                      adam_optimizer_state(optimizer, model), hp)
+                                      adam_optimizer_state(optimizer, model), hp, token_embedding=table)
         raise ValueError(f"no lookahead for optimizer {type(optimizer).__name__}")
     finally:
         model.train(was_training)

@@ -153,10 +153,18 @@ class TextClassifier(nn.Module):
         hidden = self.encoder(attention_mask=self._additive_mask(attention_mask, dtype), **inputs).last_hidden_state
         return self.classifier(self.dropout(hidden[:, 0]))
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """Logits [B, num_labels]; `attention_mask` defaults to input_ids != [PAD]."""
+    #: the word-embedding table indexed by input_ids (`common.lookahead` keeps its per-example
+    #: gradients sparse: only the rows of an example's own tokens differ between examples)
+    token_embedding_param = "encoder.embeddings.word_embeddings.weight"
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                inputs_embeds: Tensor | None = None) -> Tensor:
+        """Logits [B, num_labels]; `attention_mask` defaults to input_ids != [PAD]. `inputs_embeds`
+        [B, L, H], if given, replaces the word embeddings of input_ids (which then only set the mask)."""
         if attention_mask is None:
             attention_mask = input_ids != self.pad_token_id
+        if inputs_embeds is not None:
+            return self._logits(attention_mask, inputs_embeds=inputs_embeds)
         return self._logits(attention_mask, input_ids=input_ids)
 
     def forward_soft(self, token_probs: Tensor, attention_mask: Tensor) -> Tensor:

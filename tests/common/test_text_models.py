@@ -123,3 +123,35 @@ def test_missing_backbones_name_the_fix(monkeypatch, tmp_path):
     with pytest.raises(ConfigError, match="unknown text backbone 'roberta'.*tiny-random-bert"):
         build_text_classifier("roberta", 2)
     assert isinstance(build_text_classifier("tiny-random-bert", 2, vocab_size=VOCAB), nn.Module)  # needs no files
+
+
+@pytest.mark.parametrize("opt_kind", ["adam_groups", "adamw"])
+def test_sparse_token_embedding_meta_gradient_equals_dense(opt_kind):
+    """The word-embedding table's per-example Adam deltas as Delta_0 + row corrections (exact) give
+    the same meta-gradient as dense [B, V, H] per-example gradients, and as the reference loop."""
+    model = tiny()
+    params = adamw_param_groups(model, 0.01)
+    opt = torch.optim.Adam(params, lr=1e-3) if opt_kind == "adam_groups" else \
+        torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    for step in range(2):
+        x, y = random_batch(4, 12, seed=30 + step), torch.tensor([0, 1, 2, 1])
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    x, y = random_batch(4, 12, seed=40), torch.tensor([2, 0, 1, 1])
+    x[0, 3:6] = x[0, 2]          # a token repeated inside one example
+    x[1, 4] = x[2, 5]            # and one shared between examples
+    dev_x, dev_y = random_batch(6, 12, seed=41), torch.tensor([0, 1, 2, 0, 1, 2])
+    w = torch.tensor([0.3, 0.1, 0.4, 0.2])
+    sparse = lookahead_meta_gradient(model, opt, x, y, dev_x, dev_y, w)
+    dense = lookahead_meta_gradient(model, opt, x, y, dev_x, dev_y, w, sparse_embedding=False)
+    assert sparse.abs().max() > 1e-4
+    torch.testing.assert_close(sparse, dense, rtol=1e-4, atol=1e-7)
+    if opt_kind == "adamw":
+        torch.testing.assert_close(sparse, reference_meta_gradient(model, opt, x, y, dev_x, dev_y, w),
+                                   rtol=1e-4, atol=1e-7)
+    # ren's case: all weights zero
+    zero = torch.zeros(4)
+    torch.testing.assert_close(lookahead_meta_gradient(model, opt, x, y, dev_x, dev_y, zero),
+                               lookahead_meta_gradient(model, opt, x, y, dev_x, dev_y, zero, sparse_embedding=False),
+                               rtol=1e-4, atol=1e-7)
