@@ -56,28 +56,27 @@ def load_params(path: str | os.PathLike = DEFAULT_PARAMS) -> dict[str, Any]:
     return params
 
 
-def _check_types(block: dict, schema: dict, where: str, optional: dict | None = None) -> None:
-    """Required keys of `schema` must be present; keys of `optional` ({key: (type, default)}) may be."""
+def check_block(block: dict, types: dict, where: str, required=None) -> None:
+    """Validate one config mapping: no keys beyond `types` ({key: type or tuple of types}), every
+    `required` key present (None: all of them), every present value of its type. A float accepts an
+    int; a bool never counts as an int or a float. Errors name the key path and what was expected."""
     if not isinstance(block, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(block).__name__}")
-    optional = optional or {}
-    unknown = sorted(set(block) - set(schema) - set(optional))
+    unknown = sorted(set(block) - set(types))
     if unknown:  # checked first: a misspelt key is the likelier cause of a "missing" one
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(set(schema) | set(optional))}")
-    for key, expected in schema.items():
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(types)}")
+    for key in types if required is None else required:
         if key not in block:
-            raise ConfigError(f"{where}.{key}: missing (expected {_type_names(expected)})")
-        _check_value(block[key], expected, f"{where}.{key}")
-    for key, (expected, _default) in optional.items():
+            raise ConfigError(f"{where}.{key}: missing (expected {_type_names(types[key])})")
+    for key, expected in types.items():
         if key in block:
             _check_value(block[key], expected, f"{where}.{key}")
 
 
 def _check_value(value, expected, where: str) -> None:
-    types = expected if isinstance(expected, tuple) else (expected,)
-    if isinstance(value, bool) and bool not in types and (int in types or float in types):
-        raise ConfigError(f"{where}: expected {_type_names(expected)}, got bool {value!r}")
-    if not isinstance(value, expected):
+    kinds = expected if isinstance(expected, tuple) else (expected,)
+    accepted = tuple(t for k in kinds for t in ((int, float) if k is float else (k,)))
+    if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in kinds):
         raise ConfigError(f"{where}: expected {_type_names(expected)}, got {type(value).__name__} {value!r}"
                           f"{number_as_text_hint(value)}")
 
@@ -102,9 +101,10 @@ def _type_names(expected) -> str:
 
 
 def validate_base(base: dict, where: str = "params.yaml") -> None:
-    _check_types(base, BASE_SCHEMA, f"{where}: base")
+    check_block(base, BASE_SCHEMA, f"{where}: base")
     check_profile(base["profile"], f"{where}: base.profile")
-    _check_types(base["runner"], RUNNER_SCHEMA, f"{where}: base.runner", RUNNER_OPTIONAL)
+    check_block(base["runner"], {**RUNNER_SCHEMA, **{k: t for k, (t, _default) in RUNNER_OPTIONAL.items()}},
+                f"{where}: base.runner", required=tuple(RUNNER_SCHEMA))
     runner = runner_options(base["runner"])
     if runner["backend"] not in RUNNER_BACKENDS:
         raise ConfigError(f"{where}: base.runner.backend: unknown backend {runner['backend']!r}; "

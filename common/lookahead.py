@@ -160,18 +160,28 @@ def _adam_delta_math(g: Tensor, p: Tensor, m: Tensor, v: Tensor, l2: Tensor, dec
     return -lr_bc1 * m / ((v / bc2).clamp_min(torch.finfo(v.dtype).tiny).sqrt() + eps) - decoupled * p
 
 
-_FUSED = None
+class FusedAdamDelta:
+    """`_adam_delta_math` compiled into one pass over memory (torch.compile, CPU or GPU), compiled on
+    first use. On CPU the eager version makes ~10 passes over B x n floats and dominates the
+    per-example meta step of a BERT (8 x 22.7M floats: ~7 s eager vs ~0.8 s fused per 11.7M-float
+    tensor, measured here). After a compile/run failure (e.g. no C++ compiler for inductor) it stays
+    unavailable and callers use the eager math: same numbers, eager speed."""
+
+    def __init__(self) -> None:
+        self._kernel = None
+        self.available = True
+
+    def __call__(self, *args: Tensor) -> Tensor:
+        if self._kernel is None:
+            self._kernel = torch.compile(_adam_delta_math, dynamic=True)
+        return self._kernel(*args)
+
+    def disable(self, exc: Exception) -> None:
+        self.available = False
+        log.warning("fused Adam deltas unavailable (%s: %s); using the eager computation", type(exc).__name__, exc)
 
 
-def _fused_adam_delta():
-    """`_adam_delta_math` compiled into one pass over memory (torch.compile, CPU or GPU). On CPU the
-    eager version makes ~10 passes over B x n floats and dominates the per-example meta step of a
-    BERT (8 x 22.7M floats: ~7 s eager vs ~0.8 s fused per 11.7M-float tensor, measured here).
-    Disabled by REPRO_FUSED_ADAM=0; never used when gradients must flow (second-order step)."""
-    global _FUSED
-    if _FUSED is None:
-        _FUSED = torch.compile(_adam_delta_math, dynamic=True)
-    return _FUSED
+FUSED_ADAM_DELTA = FusedAdamDelta()
 
 
 def adam_deltas(params: ParamDict, grads: ParamDict, exp_avg: ParamDict, exp_avg_sq: ParamDict, step: int,
@@ -194,22 +204,16 @@ def adam_deltas(params: ParamDict, grads: ParamDict, exp_avg: ParamDict, exp_avg
                     hp.eps)]
         differentiable = torch.is_grad_enabled() and (g.requires_grad or p.requires_grad)
         use_fused = not differentiable and (fused is True or (auto and g.numel() >= FUSE_MIN_NUMEL))
-        if use_fused and _FUSED is not False:   # 2-D, so one compiled kernel serves every parameter
+        if use_fused and FUSED_ADAM_DELTA.available:   # 2-D, so one compiled kernel serves every parameter
             try:
-                flat = _fused_adam_delta()(g.reshape(-1, p.numel()), p.reshape(-1), exp_avg[n].reshape(-1),
-                                           exp_avg_sq[n].reshape(-1), *scalars)
+                flat = FUSED_ADAM_DELTA(g.reshape(-1, p.numel()), p.reshape(-1), exp_avg[n].reshape(-1),
+                                        exp_avg_sq[n].reshape(-1), *scalars)
                 deltas[n] = flat.reshape(g.shape)
                 continue
             except Exception as exc:   # e.g. no C++ compiler for inductor: same numbers, eager speed
-                _disable_fused(exc)
+                FUSED_ADAM_DELTA.disable(exc)
         deltas[n] = _adam_delta_math(g, p, exp_avg[n], exp_avg_sq[n], *scalars)
     return deltas
-
-
-def _disable_fused(exc: Exception) -> None:
-    global _FUSED
-    _FUSED = False
-    log.warning("fused Adam deltas unavailable (%s: %s); using the eager computation", type(exc).__name__, exc)
 
 
 def adam_meta_gradient(model: nn.Module, params: ParamDict, buffers: ParamDict, x: Tensor, y: Tensor,

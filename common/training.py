@@ -102,6 +102,21 @@ class FitResult:
     diverged: dict | None = None   # {"epoch", "reason"} when training stopped on a NaN/inf
 
 
+    def outcome(self, *, n_train: int, n_dev: int, n_test: int, wall_s: float, device: str,
+                extra_metrics: dict | None = None, **extra: Any) -> dict[str, Any]:
+        """The run outcome the runner stores: metrics (test accuracy at the best dev epoch, data
+        sizes, `extra_metrics`), per-epoch history, `diverged` when it did, and any `extra` keys."""
+        metrics = {"test_acc": self.test_acc, "best_dev_acc": self.best_dev_acc, "best_epoch": self.best_epoch,
+                   "steps_at_best": self.steps_at_best, "n_train": n_train, "n_dev": n_dev, "n_test": n_test,
+                   **(extra_metrics or {})}
+        if math.isnan(self.test_acc):
+            metrics["note"] = "dev accuracy never improved; no test evaluation"
+        result = {"metrics": metrics, "history": self.history, "train_s": wall_s, "device": device, **extra}
+        if self.diverged:
+            result["diverged"] = self.diverged
+        return result
+
+
 StepFn = Callable[[Batch], float]
 
 

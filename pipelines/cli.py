@@ -97,13 +97,12 @@ MLM_PARAM_TYPES = {"backbone": str, "steps": int, "batch_size": int, "lr": float
 
 def _mlm_params(params, profile) -> dict:
     """The validated `hu19.mlm.<profile>` block."""
-    from papers.hu19.tables import _check_keys, _check_types   # shared key/type checkers
+    from common.config import check_block
     where = f"params.yaml: hu19.mlm.{profile}"
     cfg = params.get("hu19", {}).get("mlm", {}).get(profile)
     if cfg is None:
         raise ReproError(f"{where}: missing (expected the keys {sorted(MLM_PARAM_TYPES)})")
-    _check_keys(cfg, set(MLM_PARAM_TYPES), where)
-    _check_types(cfg, MLM_PARAM_TYPES, tuple(MLM_PARAM_TYPES), where)
+    check_block(cfg, MLM_PARAM_TYPES, where)
     return cfg
 
 

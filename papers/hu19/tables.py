@@ -6,7 +6,6 @@ test set filtered to the two classes. Hyperparameters come from params.yaml (hu1
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -15,7 +14,7 @@ import numpy as np
 import torch
 
 from common.checkpoint import RunCheckpoint
-from common.config import config_hash, number_as_text_hint
+from common.config import check_block, config_hash
 from common.data import load_dataset
 from common.data.subsample import SplitSpec, load_or_make_split, split_data_seed
 from common.errors import ConfigError
@@ -50,19 +49,6 @@ TABLES = {
 }
 TEXT_TABLES = ("table1", "table3")
 
-TABLE_KEYS = {"seeds", "dataset", "protocol", "data_seed", "arch", "batch_size", "epochs", "min_epochs", "lr",
-              "momentum", "weight_decay", "train_per_class", "dev_per_class", "dev_pool_size", "test_limit",
-              "classes", "methods", "weighting", "settings", "not_run"}
-WEIGHTING_KEYS = {"pretrain_epochs", "w_init", "w_decay", "norm", "softmax_temp"}
-SETTING_KEYS = {"pretrained", "minority", "w_decay"}
-
-
-def _check_keys(block: dict, allowed: set, where: str) -> None:
-    if not isinstance(block, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(block).__name__}")
-    unknown = sorted(set(block) - allowed)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
 
 
 def validate_table_config(table: str, cfg: dict, where: str) -> None:
@@ -70,24 +56,19 @@ def validate_table_config(table: str, cfg: dict, where: str) -> None:
         raise ConfigError(f"{where}: unknown hu19 table {table!r}; known: {sorted(TABLES)}")
     if table in TEXT_TABLES:
         return validate_text_table_config(table, cfg, where, TABLES)
-    _check_keys(cfg, TABLE_KEYS, where)
     required = REQUIRED_TABLE_KEYS + (("classes",) if table == "table4" else ())
-    _check_types(cfg, TABLE_TYPES, required, where)
+    check_block(cfg, TABLE_TYPES, where, required)
     bad = [m for m in cfg["methods"] if m not in TABLES[table].methods]
     if bad:
         raise ConfigError(f"{where}.methods: unknown method(s) {bad} for {table}; "
                           f"expected a subset of {list(TABLES[table].methods)}")
-    _check_keys(cfg.get("weighting", {}), WEIGHTING_KEYS, f"{where}.weighting")
-    _check_types(cfg.get("weighting", {}), WEIGHTING_TYPES,
-                 ("w_init", "w_decay", "norm", "softmax_temp") if "ours_weight" in cfg["methods"] else (),
-                 f"{where}.weighting")
+    check_block(cfg.get("weighting", {}), WEIGHTING_TYPES, f"{where}.weighting",
+                ("w_init", "w_decay", "norm", "softmax_temp") if "ours_weight" in cfg["methods"] else ())
     for name, override in cfg["settings"].items():
         if name not in TABLES[table].settings:
             raise ConfigError(f"{where}.settings: unknown setting {name!r} for {table}; "
                               f"expected one of {list(TABLES[table].settings)}")
-        _check_keys(override, SETTING_KEYS, f"{where}.settings.{name}")
-        _check_types(override, SETTING_TYPES, ("minority",) if table == "table4" else (),
-                     f"{where}.settings.{name}")
+        check_block(override, SETTING_TYPES, f"{where}.settings.{name}", ("minority",) if table == "table4" else ())
 
 
 # Types of the values run_config reads (float accepts int; bool is never an int/float), and the keys
@@ -101,21 +82,6 @@ REQUIRED_TABLE_KEYS = ("seeds", "dataset", "protocol", "data_seed", "arch", "bat
                        "methods", "settings")
 WEIGHTING_TYPES = {"pretrain_epochs": int, "w_init": float, "w_decay": float, "norm": str, "softmax_temp": float}
 SETTING_TYPES = {"pretrained": bool, "minority": int, "w_decay": float}
-
-
-def _check_types(block: dict, types: dict, required: tuple, where: str) -> None:
-    for key in required:
-        if key not in block:
-            raise ConfigError(f"{where}.{key}: missing")
-    for key, kind in types.items():
-        if key not in block:
-            continue
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        accepted = tuple(t for k in kinds for t in ((int, float) if k is float else (k,)))
-        value = block[key]
-        if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in kinds):
-            names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
-            raise ConfigError(f"{where}.{key}: expected {names}, got {value!r}{number_as_text_hint(value)}")
 
 
 def run_configs(table: str, cfg: dict, profile: str) -> list[dict[str, Any]]:
@@ -240,13 +206,5 @@ def execute(config: dict, mirror: str | None, on_epoch: Callable[[dict], None] |
                                      pretrain_epochs=config.get("pretrain_epochs", 0), pretrain_step=pretrain,
                                      min_epochs=config["min_epochs"], on_epoch=on_epoch,
                                      stateful={"optimizer": optimizer, "step": step}, checkpoint=checkpoint)
-    metrics = {"test_acc": fit.test_acc, "best_dev_acc": fit.best_dev_acc, "best_epoch": fit.best_epoch,
-               "steps_at_best": fit.steps_at_best, "n_train": len(train), "n_dev": len(dev), "n_test": len(test)}
-    if any(isinstance(v, float) and math.isnan(v) for v in (fit.test_acc,)):
-        metrics["note"] = "dev accuracy never improved; no test evaluation"
-    if method == "ours_weight":
-        metrics["phi_max"] = float(step.phi.values.max())
-    outcome = {"metrics": metrics, "history": fit.history, "train_s": time.time() - start, "device": str(target)}
-    if getattr(fit, "diverged", None):
-        outcome["diverged"] = fit.diverged
-    return outcome
+    return fit.outcome(n_train=len(train), n_dev=len(dev), n_test=len(test), wall_s=time.time() - start,
+                       device=str(target), extra_metrics=step.extra_metrics())

@@ -13,7 +13,6 @@ train set, best dev MLM loss kept).
 """
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 
 from common.checkpoint import RunCheckpoint
-from common.config import config_hash
+from common.config import check_block, config_hash
 from common.data import load_dataset
 from common.data.subsample import DEV_SOURCES, SplitSpec, load_or_make_split, split_data_seed
 from common.errors import ConfigError
@@ -33,9 +32,6 @@ from papers.hu19.weighting import WeightingConfig, WeightingMethod, weighted_ste
 PAPER = "hu19"
 AUGMENTATION_METHODS = ("synonym", "fixed_aug", "ours_aug")
 
-TEXT_TABLE_KEYS = {"seeds", "protocol", "data_seed", "backbone", "mlm_dir", "max_seq_len", "batch_size", "epochs",
-                   "min_epochs", "lr", "weight_decay", "test_limit", "classes", "methods", "weighting",
-                   "augmentation", "synonym", "settings", "not_run"}
 TEXT_TABLE_TYPES = {"seeds": int, "protocol": str, "data_seed": int, "backbone": str, "mlm_dir": (str, type(None)),
                     "max_seq_len": int, "batch_size": int, "epochs": int, "min_epochs": int, "lr": float,
                     "weight_decay": float, "test_limit": (int, type(None)), "classes": list, "methods": list,
@@ -52,9 +48,7 @@ TEXT_SETTING_TYPES = {"dataset": str, "train_per_class": int, "minority": int, "
 
 
 def validate_text_table_config(table: str, cfg: dict, where: str, tables: dict) -> None:
-    from papers.hu19.tables import _check_keys, _check_types   # shared key/type checkers
-    _check_keys(cfg, TEXT_TABLE_KEYS, where)
-    _check_types(cfg, TEXT_TABLE_TYPES, REQUIRED_TEXT_KEYS, where)
+    check_block(cfg, TEXT_TABLE_TYPES, where, REQUIRED_TEXT_KEYS)
     bad = [m for m in cfg["methods"] if m not in tables[table].methods]
     if bad:
         raise ConfigError(f"{where}.methods: unknown method(s) {bad} for {table}; "
@@ -64,18 +58,17 @@ def validate_text_table_config(table: str, cfg: dict, where: str, tables: dict) 
                                  ("augmentation", AUGMENTATION_TYPES, set(AUGMENTATION_METHODS)),
                                  ("synonym", SYNONYM_TYPES, {"synonym"})):
         value = cfg.get(block, {})
-        _check_keys(value, set(types), f"{where}.{block}")
         required = tuple(types) if methods & needed and block != "weighting" else ()
         if block == "weighting" and "ours_weight" in methods:
             required = ("w_init", "w_decay", "norm", "softmax_temp")
-        _check_types(value, types, required, f"{where}.{block}")
+        check_block(value, types, f"{where}.{block}", required)
     for name, setting in cfg["settings"].items():
         if name not in tables[table].settings:
             raise ConfigError(f"{where}.settings: unknown setting {name!r} for {table}; "
                               f"expected one of {list(tables[table].settings)}")
-        _check_keys(setting, set(TEXT_SETTING_TYPES), f"{where}.settings.{name}")
-        required = ("dataset", "dev_per_class", "dev_source") + (("minority",) if table == "table3" else ())
-        _check_types(setting, TEXT_SETTING_TYPES, required + ("train_per_class",), f"{where}.settings.{name}")
+        required = ("dataset", "dev_per_class", "dev_source", "train_per_class") + (
+            ("minority",) if table == "table3" else ())
+        check_block(setting, TEXT_SETTING_TYPES, f"{where}.settings.{name}", required)
         if setting["dev_source"] not in DEV_SOURCES:
             raise ConfigError(f"{where}.settings.{name}.dev_source: {setting['dev_source']!r}; "
                               f"expected one of {list(DEV_SOURCES)}")
@@ -189,11 +182,50 @@ def _fit_augmenter(config, classifier_device, train, dev, num_labels, seed, on_l
     return augmenter, history
 
 
+def dev_pad(x: torch.Tensor, width: int) -> torch.Tensor:
+    """Right-pad token ids [N, L] with [PAD] (id 0) to `width` columns."""
+    return torch.nn.functional.pad(x, (0, width - x.shape[1]))
+
+
+def _trimmed(step):
+    """A step that sees each batch with its all-padding columns removed (dynamic padding)."""
+    def run(batch: Batch) -> float:
+        return step(Batch(trim_padding(batch.x), batch.y, batch.ids))
+    return run
+
+
+def build_step(config: dict, model, optimizer, train: ArrayData, dev: ArrayData, train_texts: list[str],
+               num_classes: int, tokenizer, device, extra: dict):
+    """(step object, step function) of a training method after pretraining: a WeightingMethod
+    (base / ren / ours_weight / proportion) or an AugmentationStep (synonym / fixed_aug / ours_aug,
+    whose augmenter is fitted here; its fit history goes to extra["cbert"])."""
+    from papers.hu19.augmentation import AugmentationStep
+
+    method, seed = config["method"], config["seed"]
+    if method not in AUGMENTATION_METHODS:
+        step = WeightingMethod(method, model, optimizer, train, dev, num_classes,
+                               WeightingConfig(**config.get("weighting", {})))
+        return step, _trimmed(step)
+    kwargs: dict[str, Any] = {}
+    if method == "synonym":
+        kwargs["synonym_variants"] = _synonym_variants(train_texts, train.y, config["synonym"], tokenizer,
+                                                       config["max_seq_len"], seed)
+    else:
+        aug_cfg = config["augmentation"]
+        augmenter, extra["cbert"] = _fit_augmenter(config, device, train, dev, num_classes, seed)
+        kwargs.update(augmenter=augmenter, tau=aug_cfg["tau"])
+        if method == "ours_aug":
+            kwargs.update(augmenter_optimizer=torch.optim.Adam(adamw_param_groups(augmenter, 0.01),
+                                                               lr=aug_cfg["generator_lr"]),
+                          dev=(dev.x, dev.y), n_aug_meta=aug_cfg["n_aug_meta"])
+    step = AugmentationStep(method, model, optimizer, generator=torch.Generator().manual_seed(seed + 3),
+                            trim=trim_padding, **kwargs)
+    return step, step
+
+
 def execute_text(config: dict, mirror: str | None, on_epoch: Callable[[dict], None] | None = None,
                  split_path=None, device: str = "auto", checkpoint_path=None) -> dict:
     """Run one text (table, setting, method, seed); returns metrics and per-epoch history."""
-    from papers.hu19.augmentation import AugmentationStep
-
     start = time.time()
     target = resolve_device(device)
     seed, method = config["seed"], config["method"]
@@ -211,64 +243,27 @@ def execute_text(config: dict, mirror: str | None, on_epoch: Callable[[dict], No
     checkpoint = RunCheckpoint(checkpoint_path, config_hash(config))
     extra: dict[str, Any] = {}
 
-    def trimmed(step):
-        def run(batch: Batch) -> float:
-            return step(Batch(trim_padding(batch.x), batch.y, batch.ids))
-        return run
-
     def plain(batch: Batch) -> float:
         return weighted_step(model, optimizer, batch, torch.full((len(batch.y),), 1.0 / len(batch.y)))
 
     if method == "base_val":
+        step = None
         merged = ArrayData(torch.cat([train.x, dev_pad(dev.x, train.x.shape[1])]), torch.cat([train.y, dev.y]))
         fit = fit_fixed_steps(model, merged, test, batch_size=config["batch_size"], total_steps=config["fixed_steps"],
-                              step=trimmed(plain), seed_generator=generator, on_epoch=on_epoch,
+                              step=_trimmed(plain), seed_generator=generator, on_epoch=on_epoch,
                               stateful={"optimizer": optimizer}, checkpoint=checkpoint)
     else:
-        if method in AUGMENTATION_METHODS:
-            aug_generator = torch.Generator().manual_seed(seed + 3)
-            kwargs: dict[str, Any] = {}
-            if method == "synonym":
-                kwargs["synonym_variants"] = _synonym_variants(train_texts, train.y, config["synonym"], tokenizer,
-                                                               config["max_seq_len"], seed)
-            else:
-                augmenter, cbert_history = _fit_augmenter(config, target, train, dev, num_classes, seed)
-                extra["cbert"] = cbert_history
-                kwargs["augmenter"] = augmenter
-                if method == "ours_aug":
-                    aug_cfg = config["augmentation"]
-                    kwargs["augmenter_optimizer"] = torch.optim.Adam(adamw_param_groups(augmenter, 0.01),
-                                                                     lr=aug_cfg["generator_lr"])
-                    kwargs["dev"] = (dev.x, dev.y)
-                    kwargs["n_aug_meta"] = aug_cfg["n_aug_meta"]
-                kwargs["tau"] = config["augmentation"]["tau"]
-            step = AugmentationStep(method, model, optimizer, generator=aug_generator, trim=trim_padding, **kwargs)
-            step_fn = step
-        else:
-            wcfg = WeightingConfig(**config.get("weighting", {}))
-            step = WeightingMethod(method, model, optimizer, train, dev, num_classes, wcfg)
-            step_fn = trimmed(step)
+        step, step_fn = build_step(config, model, optimizer, train, dev, train_texts, num_classes, tokenizer,
+                                   target, extra)
         epoch_hook = _figure2_hook(step, tokenizer, config, on_epoch, extra) if method == "ours_aug" else on_epoch
         fit = fit_with_dev_selection(model, train, dev, test, batch_size=config["batch_size"],
                                      epochs=config["epochs"], step=step_fn, seed_generator=generator,
-                                     pretrain_epochs=config.get("pretrain_epochs", 0), pretrain_step=trimmed(plain),
+                                     pretrain_epochs=config.get("pretrain_epochs", 0), pretrain_step=_trimmed(plain),
                                      min_epochs=config["min_epochs"], on_epoch=epoch_hook,
                                      stateful={"optimizer": optimizer, "step": step}, checkpoint=checkpoint)
-    metrics = {"test_acc": fit.test_acc, "best_dev_acc": fit.best_dev_acc, "best_epoch": fit.best_epoch,
-               "steps_at_best": fit.steps_at_best, "n_train": len(train), "n_dev": len(dev), "n_test": len(test)}
-    if math.isnan(fit.test_acc):
-        metrics["note"] = "dev accuracy never improved; no test evaluation"
-    if method == "ours_weight":
-        metrics["phi_max"] = float(step.phi.values.max())
-    outcome = {"metrics": metrics, "history": fit.history, "train_s": time.time() - start, "device": str(target),
-               **extra}
-    if fit.diverged:
-        outcome["diverged"] = fit.diverged
-    return outcome
-
-
-def dev_pad(x: torch.Tensor, width: int) -> torch.Tensor:
-    return torch.nn.functional.pad(x, (0, width - x.shape[1]))
+    extra_metrics = step.extra_metrics() if isinstance(step, WeightingMethod) else {}
+    return fit.outcome(n_train=len(train), n_dev=len(dev), n_test=len(test), wall_s=time.time() - start,
+                       device=str(target), extra_metrics=extra_metrics, **extra)
 
 
 def _figure2_hook(step, tokenizer, config, on_epoch, extra):

@@ -74,6 +74,11 @@ class WeightingMethod:
         check_finite(grad, "ours_weight meta-gradient")
         return normalize(self.phi.update(batch.ids, grad), self.cfg.norm, self.cfg.softmax_temp)
 
+    def extra_metrics(self) -> dict:
+        """`phi_max` for ours_weight: the largest persistent weight (it grows without bound before a
+        run diverges, see the hu19 report)."""
+        return {"phi_max": float(self.phi.values.max())} if self.phi is not None else {}
+
     def state_dict(self) -> dict:
         return {"phi": self.phi.state_dict()} if self.phi is not None else {}
 

@@ -163,25 +163,25 @@ PARAMS_CASES = [
     pytest.param(dict(mutate=lambda p: p["base"]["runner"].update(workers=0)),
                  r"base\.runner\.workers: expected >= 1, got 0", id="workers-zero"),
     pytest.param(dict(mutate=lambda p: table2(p).update(epochs="2")),
-                 r"hu19\.profiles\.smoke\.table2\.epochs: expected int, got '2' \(a quoted number", id="epochs-string"),
+                 r"hu19\.profiles\.smoke\.table2\.epochs: expected int, got str '2' \(a quoted number", id="epochs-string"),
     pytest.param(dict(text_edit=("lr: 0.001", "lr: 1e-3")),
-                 r"hu19\.profiles\.smoke\.table2\.lr: expected float, got '1e-3' \(YAML reads 1e-3 as text: write "
+                 r"hu19\.profiles\.smoke\.table2\.lr: expected float, got str '1e-3' \(YAML reads 1e-3 as text: write "
                  r"0\.001-style decimals, or exponents with a dot and a signed exponent such as 1\.0e-3\)",
                  id="lr-1e-3"),
     pytest.param(dict(text_edit=("weight_decay: 0.01", "weight_decay: 5e-4")),
-                 r"table2\.weight_decay: expected float, got '5e-4' \(YAML reads 5e-4 as text", id="weight-decay-5e-4"),
+                 r"table2\.weight_decay: expected float, got str '5e-4' \(YAML reads 5e-4 as text", id="weight-decay-5e-4"),
     pytest.param(dict(mutate=lambda p: table2(p)["weighting"].update(softmax_temp="10")),
-                 r"table2\.weighting\.softmax_temp: expected float, got '10'", id="weighting-string"),
+                 r"table2\.weighting\.softmax_temp: expected float, got str '10'", id="weighting-string"),
     pytest.param(dict(mutate=lambda p: table2(p).update(methods="base")),
-                 r"table2\.methods: expected list, got 'base'", id="methods-not-a-list"),
+                 r"table2\.methods: expected list, got str 'base'", id="methods-not-a-list"),
     pytest.param(dict(mutate=lambda p: table2(p).pop("momentum")),
-                 r"hu19\.profiles\.smoke\.table2\.momentum: missing$", id="momentum-missing"),
+                 r"hu19\.profiles\.smoke\.table2\.momentum: missing \(expected float\)$", id="momentum-missing"),
     pytest.param(dict(mutate=lambda p: p["base"].update(colour="red")),
                  r"base: unknown key\(s\) \['colour'\]; known: \[", id="unknown-base-key"),
     pytest.param(dict(mutate=lambda p: p["base"]["runner"].update(wokers=p["base"]["runner"].pop("workers"))),
                  r"base\.runner: unknown key\(s\) \['wokers'\]; known: \[.*'workers'", id="misspelt-runner-key"),
     pytest.param(dict(mutate=lambda p: table2(p).update(epoch=2)),
-                 r"table2: unknown key\(s\) \['epoch'\]; allowed: \[", id="unknown-table-key"),
+                 r"table2: unknown key\(s\) \['epoch'\]; known: \[", id="unknown-table-key"),
     pytest.param(dict(mutate=lambda p: table2(p).update(methods=["base", "magic"])),
                  r"table2\.methods: unknown method\(s\) \['magic'\] for table2; expected a subset of", id="unknown-method"),
     pytest.param(dict(mutate=lambda p: table2(p)["settings"].update(ratio_20={"minority": 2})),
@@ -204,7 +204,7 @@ def test_weight_decay_string_used_to_fail_every_run(work, fake_execute, capsys):
     """Not only the dry run: a real run stops at validation, before any run starts."""
     path = write_params(work, text_edit=("weight_decay: 0.01", "weight_decay: 5e-4"))
     code, _, err = repro(capsys, "--params", path, *RUN)
-    assert_clear_error(code, err, r"weight_decay: expected float, got '5e-4'")
+    assert_clear_error(code, err, r"weight_decay: expected float, got str '5e-4'")
     assert fake_execute == []
 
 

@@ -8,7 +8,7 @@ from transformers import BertConfig, BertForMaskedLM
 from common.cbert import (FIGURE2_SENTENCE, FIGURE2_WORDS, LabelConditionalMLM, SoftTokens, augmentation_positions,
                           fit_cbert, gumbel_noise, soft_samples, top_k_substitutions)
 from common.errors import ConfigError
-from common.text_models import TINY_CONFIG, TextClassifier, adamw_param_groups, build_encoder, load_tokenizer
+from common.text_models import TINY_CONFIG, TextClassifier, build_encoder, load_tokenizer
 
 VOCAB = 1100            # > 1000: mask_tokens draws random replacements from ids >= 1000
 CLS, SEP, MASK = 101, 102, 103

@@ -236,8 +236,8 @@ def test_cli_mlm_trains_then_refuses_to_overwrite(tmp_path, monkeypatch, capsys)
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"steps": "600"}, r"hu19\.mlm\.smoke\.steps: expected int, got '600' \(a quoted number is text"),
-    ({"lr": "1e-4"}, r"hu19\.mlm\.smoke\.lr: expected float, got '1e-4' \(YAML reads 1e-4 as text"),
+    ({"steps": "600"}, r"hu19\.mlm\.smoke\.steps: expected int, got str '600' \(a quoted number is text"),
+    ({"lr": "1e-4"}, r"hu19\.mlm\.smoke\.lr: expected float, got str '1e-4' \(YAML reads 1e-4 as text"),
     ({"step": 3}, r"hu19\.mlm\.smoke: unknown key\(s\) \['step'\]"),
     ({"out_dir": None}, r"hu19\.mlm\.smoke\.out_dir: missing"),
     (None, r"hu19\.mlm\.smoke: missing \(expected the keys"),

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from transformers import BertConfig, BertForMaskedLM
 
-from common.cbert import LabelConditionalMLM, SoftTokens, augmentation_positions, soft_samples
+from common.cbert import LabelConditionalMLM, SoftTokens, augmentation_positions
 from common.text_models import TINY_CONFIG, TextClassifier, adamw_param_groups, build_encoder
 from papers.hu19.augmentation import AugmentationStep, lookahead_dev_loss
 from common.training import Batch

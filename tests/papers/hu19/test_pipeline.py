@@ -1,9 +1,7 @@
 """End-to-end: `dvc repro` on the smoke profile in a temporary copy produces results, MLflow runs and reports."""
 import shutil
 import subprocess
-from pathlib import Path
 
-import pytest
 import yaml
 
 from tests.conftest import REPO

@@ -1,14 +1,12 @@
 """Smoke runs of every hu19 image method on real CIFAR-10 slices, the runner, and the CLI."""
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from common.config import load_params
-from common.errors import ConfigError, ResultConflictError
+from common.errors import ResultConflictError
 from common.training import ArrayData, Batch
 from papers.hu19.tables import execute, resolve_requirements
 from papers.hu19.weighting import WeightingConfig, WeightingMethod
