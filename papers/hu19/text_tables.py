@@ -13,6 +13,8 @@ train set, best dev MLM loss kept).
 """
 from __future__ import annotations
 
+import hashlib
+import logging
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -30,6 +32,7 @@ from common.training import ArrayData, Batch, fit_fixed_steps, fit_with_dev_sele
 from papers.hu19.weighting import WeightingConfig, WeightingMethod, weighted_step
 
 PAPER = "hu19"
+log = logging.getLogger("repro.hu19.text")
 AUGMENTATION_METHODS = ("synonym", "fixed_aug", "ours_aug")
 
 TEXT_TABLE_TYPES = {"seeds": int, "protocol": str, "data_seed": int, "backbone": str, "mlm_dir": (str, type(None)),
@@ -169,17 +172,60 @@ def _synonym_variants(texts: list[str], labels, cfg: dict, tokenizer, max_seq_le
     return torch.stack(variants)
 
 
-def _fit_augmenter(config, classifier_device, train, dev, num_labels, seed, on_log=None):
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def augmenter_fit_key(config: dict, train: ArrayData, dev: ArrayData, num_labels: int) -> str:
+    """Hash of everything a CBERT fit depends on: backbone, MLM weights (file hash), the fit's
+    hyperparameters, the seed and the exact train/dev token ids and labels."""
+    mlm_dir = config.get("mlm_dir")
+    weights = Path(mlm_dir) / "model.safetensors" if mlm_dir else None
+    data = hashlib.sha256()
+    for tensor in (train.x, train.y, dev.x, dev.y):
+        data.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    aug = config["augmentation"]
+    return config_hash({"backbone": config["backbone"], "num_labels": num_labels, "seed": config["seed"],
+                        "mlm": _file_sha256(weights) if weights and weights.is_file() else None,
+                        "fit": {k: aug[k] for k in ("cbert_epochs", "cbert_batch_size", "generator_lr")},
+                        "data": data.hexdigest()})
+
+
+def _fit_augmenter(config, classifier_device, train, dev, num_labels, seed, cache_path=None):
+    """CBERT fitted on the train set (best dev MLM loss kept) and its fit history. `fixed_aug` and
+    `ours_aug` of one (setting, seed) fit the identical augmenter, so the fit (weights, history and
+    the global RNG state right after it) is cached at `cache_path` under `augmenter_fit_key`: the
+    second run loads it and goes on exactly as if it had fitted it itself (~20 CBERT epochs saved)."""
     from common.cbert import LabelConditionalMLM, fit_cbert
     from common.mlm_head import load_mlm_model
     aug = config["augmentation"]
+    cache = RunCheckpoint(cache_path, augmenter_fit_key(config, train, dev, num_labels)) if cache_path else None
     torch.manual_seed(seed + 1)
     mlm = load_mlm_model(config["backbone"], config.get("mlm_dir"))
     augmenter = LabelConditionalMLM(mlm, num_labels).to(classifier_device)
+    saved = cache.load() if cache else None
+    if saved is not None:
+        augmenter.load_state_dict(saved["augmenter"])
+        torch.set_rng_state(saved["torch_rng"])
+        log.info("augmenter fit loaded from %s", cache_path)
+        return augmenter, saved["history"]
     history = fit_cbert(augmenter, train.x, train.y, dev.x, dev.y, epochs=aug["cbert_epochs"],
                         batch_size=aug["cbert_batch_size"], lr=aug["generator_lr"],
-                        generator=torch.Generator().manual_seed(seed + 2), on_epoch=on_log)
+                        generator=torch.Generator().manual_seed(seed + 2))
+    if cache:
+        cache.save({"augmenter": {k: v.detach().cpu() for k, v in augmenter.state_dict().items()},
+                    "history": history, "torch_rng": torch.get_rng_state()})
     return augmenter, history
+
+
+def augmenter_cache_path(checkpoint_path, seed: int) -> Path | None:
+    """Where a setting's CBERT fit of one seed is cached: beside the setting's run checkpoints
+    (<checkpoints>/<profile>/hu19/<table>/<setting>/augmenter_fits/seed<k>.pt)."""
+    return Path(checkpoint_path).parent.parent / "augmenter_fits" / f"seed{seed}.pt" if checkpoint_path else None
 
 
 def dev_pad(x: torch.Tensor, width: int) -> torch.Tensor:
@@ -195,7 +241,7 @@ def _trimmed(step):
 
 
 def build_step(config: dict, model, optimizer, train: ArrayData, dev: ArrayData, train_texts: list[str],
-               num_classes: int, tokenizer, device, extra: dict):
+               num_classes: int, tokenizer, device, extra: dict, augmenter_cache: Path | None = None):
     """(step object, step function) of a training method after pretraining: a WeightingMethod
     (base / ren / ours_weight / proportion) or an AugmentationStep (synonym / fixed_aug / ours_aug,
     whose augmenter is fitted here; its fit history goes to extra["cbert"])."""
@@ -212,7 +258,7 @@ def build_step(config: dict, model, optimizer, train: ArrayData, dev: ArrayData,
                                                        config["max_seq_len"], seed)
     else:
         aug_cfg = config["augmentation"]
-        augmenter, extra["cbert"] = _fit_augmenter(config, device, train, dev, num_classes, seed)
+        augmenter, extra["cbert"] = _fit_augmenter(config, device, train, dev, num_classes, seed, augmenter_cache)
         kwargs.update(augmenter=augmenter, tau=aug_cfg["tau"])
         if method == "ours_aug":
             kwargs.update(augmenter_optimizer=torch.optim.Adam(adamw_param_groups(augmenter, 0.01),
@@ -254,7 +300,7 @@ def execute_text(config: dict, mirror: str | None, on_epoch: Callable[[dict], No
                               stateful={"optimizer": optimizer}, checkpoint=checkpoint)
     else:
         step, step_fn = build_step(config, model, optimizer, train, dev, train_texts, num_classes, tokenizer,
-                                   target, extra)
+                                   target, extra, augmenter_cache_path(checkpoint_path, seed))
         epoch_hook = _figure2_hook(step, tokenizer, config, on_epoch, extra) if method == "ours_aug" else on_epoch
         fit = fit_with_dev_selection(model, train, dev, test, batch_size=config["batch_size"],
                                      epochs=config["epochs"], step=step_fn, seed_generator=generator,

@@ -74,3 +74,30 @@ def test_result_file_keeps_the_augmenter_history_and_figure2(params, tmp_path):
     assert len(report.done) == 1 and not report.failed
     saved = json.loads(next((tmp_path / "results").rglob("ours_aug/seed0.json")).read_text())
     assert saved["cbert"]["epochs"] and {"epoch_0", "epoch_1"} <= set(saved["figure2"])
+
+
+def test_augmenter_fit_is_cached_between_fixed_aug_and_ours_aug(params, mirror, tmp_path, monkeypatch):
+    """fixed_aug fits CBERT and caches it beside the setting's checkpoints; ours_aug of the same
+    (setting, seed) loads it instead of refitting, and ends with exactly the metrics of a run that
+    fitted the augmenter itself (weights, fit history and the global RNG state are restored)."""
+    import common.cbert
+
+    configs = first_seed_per_method(table_configs(params, "hu19", "smoke", "table1"))
+    uncached = execute(configs["ours_aug"], mirror)
+    ckpt = tmp_path / "ckpt" / "table1" / "sst5"
+    execute(configs["fixed_aug"], mirror, checkpoint_path=ckpt / "fixed_aug" / "seed0.pt")
+    assert (ckpt / "augmenter_fits" / "seed0.pt").is_file()
+
+    def no_refit(*args, **kwargs):
+        raise AssertionError("the cached augmenter fit should have been used")
+
+    monkeypatch.setattr(common.cbert, "fit_cbert", no_refit)
+    cached = execute(configs["ours_aug"], mirror, checkpoint_path=ckpt / "ours_aug" / "seed0.pt")
+    assert cached["metrics"] == uncached["metrics"] and cached["cbert"] == uncached["cbert"]
+    assert cached["figure2"] == uncached["figure2"]
+    # a cached fit made under another key (here: another seed) is never taken
+    import shutil
+    shutil.copy(ckpt / "augmenter_fits" / "seed0.pt", ckpt / "augmenter_fits" / "seed1.pt")
+    other = dict(configs["ours_aug"], seed=1)
+    with pytest.raises(AssertionError, match="cached augmenter"):
+        execute(other, mirror, checkpoint_path=ckpt / "ours_aug" / "seed1.pt")
