@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from common.text_models import adamw_param_groups
+from common.text_models import adam_optimizer, adamw_param_groups
 
 BERT_MASK_ID = 103     # "[MASK]" in the bert-base-uncased WordPiece vocabulary
 PAD_ID = 0             # "[PAD]"
@@ -212,7 +212,7 @@ def fit_cbert(model: LabelConditionalMLM, train_ids: Tensor, train_labels: Tenso
         model.train(was_training)
         return total / max(count, 1)
 
-    optimizer = torch.optim.AdamW(adamw_param_groups(model, WEIGHT_DECAY), lr=lr)
+    optimizer = adam_optimizer(adamw_param_groups(model, WEIGHT_DECAY), lr=lr, decoupled=True)
     best_loss = initial = dev_loss()
     best_epoch, best_state = 0, copy.deepcopy(model.state_dict())
     rows = []

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from common.results import write_json_atomic
-from common.text_models import adamw_param_groups, build_text_classifier, encode_texts, load_tokenizer
+from common.text_models import adam_optimizer, adamw_param_groups, build_text_classifier, encode_texts, load_tokenizer
 from common.training import ArrayData, Batch
 
 BACKBONES = {"smoke": "tiny-random-bert", "cpu": "all-MiniLM-L6-v2", "paper": "bert-base-uncased"}
@@ -82,11 +82,11 @@ def run_text_benchmark(repeats: int = 5, out_dir: Path = Path("reports/benchmark
     dev = ArrayData(ids[:n_dev], labels[:n_dev])
     batch = Batch(x, y, torch.arange(len(y)))
     model = build_text_classifier(backbone, 5)
-    optimizer = torch.optim.Adam(adamw_param_groups(model, 0.01), lr=4e-5)
+    optimizer = adam_optimizer(adamw_param_groups(model, 0.01), lr=4e-5)
     weighted_step(model, optimizer, batch, torch.full((len(y),), 1.0 / len(y)))   # Adam moments exist
     model_state, opt_state = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
     augmenter = _augmenter(backbone, 5, mlm_dir)
-    aug_optimizer = torch.optim.Adam(adamw_param_groups(augmenter, 0.01), lr=4e-5)
+    aug_optimizer = adam_optimizer(adamw_param_groups(augmenter, 0.01), lr=4e-5)
     aug_state = copy.deepcopy(augmenter.state_dict())
 
     def reset():

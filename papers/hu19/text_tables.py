@@ -27,7 +27,8 @@ from common.config import check_block, config_hash
 from common.data import load_dataset
 from common.data.subsample import DEV_SOURCES, SplitSpec, load_or_make_split, split_data_seed
 from common.errors import ConfigError
-from common.text_models import adamw_param_groups, build_text_classifier, encode_texts, load_tokenizer
+from common.text_models import (adam_optimizer, adamw_param_groups, build_text_classifier, encode_texts,
+                                load_tokenizer)
 from common.training import ArrayData, Batch, fit_fixed_steps, fit_with_dev_selection, resolve_device
 from papers.hu19.weighting import WeightingConfig, WeightingMethod, weighted_step
 
@@ -261,8 +262,8 @@ def build_step(config: dict, model, optimizer, train: ArrayData, dev: ArrayData,
         augmenter, extra["cbert"] = _fit_augmenter(config, device, train, dev, num_classes, seed, augmenter_cache)
         kwargs.update(augmenter=augmenter, tau=aug_cfg["tau"])
         if method == "ours_aug":
-            kwargs.update(augmenter_optimizer=torch.optim.Adam(adamw_param_groups(augmenter, 0.01),
-                                                               lr=aug_cfg["generator_lr"]),
+            kwargs.update(augmenter_optimizer=adam_optimizer(adamw_param_groups(augmenter, 0.01),
+                                                             lr=aug_cfg["generator_lr"]),
                           dev=(dev.x, dev.y), n_aug_meta=aug_cfg["n_aug_meta"])
     step = AugmentationStep(method, model, optimizer, generator=torch.Generator().manual_seed(seed + 3),
                             trim=trim_padding, **kwargs)
@@ -284,7 +285,7 @@ def execute_text(config: dict, mirror: str | None, on_epoch: Callable[[dict], No
     torch.manual_seed(seed)
     model = build_text_classifier(config["backbone"], num_classes, config["max_seq_len"]).to(target)
     opt_cfg = config["optimizer"]
-    optimizer = torch.optim.Adam(adamw_param_groups(model, opt_cfg["weight_decay"]), lr=opt_cfg["lr"])
+    optimizer = adam_optimizer(adamw_param_groups(model, opt_cfg["weight_decay"]), lr=opt_cfg["lr"])
     generator = torch.Generator().manual_seed(seed)
     checkpoint = RunCheckpoint(checkpoint_path, config_hash(config))
     extra: dict[str, Any] = {}
