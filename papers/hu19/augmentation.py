@@ -52,23 +52,36 @@ def adam_hyper(optimizer: torch.optim.Optimizer, model: nn.Module) -> AdamHyper:
 
 
 def lookahead_dev_loss(classifier: nn.Module, optimizer: torch.optim.Optimizer, soft: SoftTokens,
-                       soft_labels: Tensor, dev_x: Tensor, dev_y: Tensor) -> Tensor:
+                       soft_labels: Tensor, dev_x: Tensor, dev_y: Tensor, *, sparse_embedding: bool = True) -> Tensor:
     """L_dev(theta'(phi)) with theta' one differentiable Adam step on the soft batch (Eq. 10, 8).
 
     The returned scalar depends on the augmenter's parameters through `soft.probs`; its backward
-    is second order (through the classifier's gradient, Adam's moments and its square root)."""
-    wrapper = _SoftForward(classifier)
+    is second order (through the classifier's gradient, Adam's moments and its square root).
+    Adam is elementwise and the dev forward reads the word-embedding table (the classifier's
+    `token_embedding_param`) only at the dev tokens' rows R, so only those rows of the table are
+    stepped: exact, and it skips the [V, H] elementwise graph (`sparse_embedding=False`: all rows)."""
     names = [n for n, p in classifier.named_parameters() if p.requires_grad]
     leaves = {n: p.detach().requires_grad_(True) for n, p in classifier.named_parameters() if p.requires_grad}
     buffers = {f"classifier.{n}": b for n, b in classifier.named_buffers()}
-    logits = functional_call(wrapper, ({f"classifier.{n}": v for n, v in leaves.items()}, buffers), (soft,))
-    aug_loss = F.cross_entropy(logits, soft_labels)
-    grads = torch.autograd.grad(aug_loss, [leaves[n] for n in names], create_graph=True)
+    logits = functional_call(_SoftForward(classifier), ({f"classifier.{n}": v for n, v in leaves.items()}, buffers),
+                             (soft,))
+    grads = dict(zip(names, torch.autograd.grad(F.cross_entropy(logits, soft_labels), [leaves[n] for n in names],
+                                                create_graph=True)))
     exp_avg, exp_avg_sq, step = adam_optimizer_state(optimizer, classifier)
-    deltas = adam_deltas(leaves, dict(zip(names, grads)), exp_avg, exp_avg_sq, step,
-                         adam_hyper(optimizer, classifier))
-    ahead = {n: leaves[n] + deltas[n] for n in names}
-    dev_logits = functional_call(classifier, (ahead, dict(classifier.named_buffers())), (dev_x,))
+    hp = adam_hyper(optimizer, classifier)
+    table = getattr(classifier, "token_embedding_param", None) if sparse_embedding else None
+    table = table if table in leaves and not torch.is_floating_point(dev_x) else None
+    stepped = [n for n in names if n != table]
+    deltas = adam_deltas(leaves, {n: grads[n] for n in stepped}, exp_avg, exp_avg_sq, step, hp)
+    ahead = {n: leaves[n] + deltas[n] for n in stepped}
+    inputs: dict[str, Tensor] = {}
+    if table is not None:
+        rows, inverse = torch.unique(dev_x, return_inverse=True)
+        rows_delta = adam_deltas({table: leaves[table][rows]}, {table: grads[table][rows]},
+                                 {table: exp_avg[table][rows]}, {table: exp_avg_sq[table][rows]}, step, hp)[table]
+        inputs["inputs_embeds"] = (leaves[table][rows] + rows_delta)[inverse]      # E'[dev tokens]
+        ahead[table] = leaves[table]     # not read: the dev embeddings come from inputs_embeds
+    dev_logits = functional_call(classifier, (ahead, dict(classifier.named_buffers())), (dev_x,), inputs)
     return F.cross_entropy(dev_logits, dev_y)
 
 
