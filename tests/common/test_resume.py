@@ -188,3 +188,18 @@ def test_sigkill_at_5_points_resumes_to_identical_metrics(tmp_path, mirror):
 @pytest.mark.slow
 def test_sigkill_at_20_points_resumes_to_identical_metrics(tmp_path, mirror):
     kill_and_resume(tmp_path, mirror, random.Random(20), 20)
+
+
+def test_fit_outcome_assembles_metrics_history_and_divergence():
+    from common.training import FitResult
+    fit = FitResult(best_dev_acc=40.0, test_acc=37.5, best_epoch=3, steps_at_best=120, history=[{"epoch": 1}],
+                    diverged={"epoch": 5, "reason": "NaN"})
+    out = fit.outcome(n_train=400, n_dev=20, n_test=10000, wall_s=12.0, device="cpu",
+                      extra_metrics={"phi_max": 2.5}, figure2={"epoch_1": {}})
+    assert out["metrics"] == {"test_acc": 37.5, "best_dev_acc": 40.0, "best_epoch": 3, "steps_at_best": 120,
+                              "n_train": 400, "n_dev": 20, "n_test": 10000, "phi_max": 2.5}
+    assert out["diverged"] == {"epoch": 5, "reason": "NaN"} and out["figure2"] == {"epoch_1": {}}
+    assert out["history"] == [{"epoch": 1}] and out["train_s"] == 12.0 and out["device"] == "cpu"
+    never = FitResult(best_dev_acc=0.0, test_acc=math.nan, best_epoch=0, steps_at_best=0)
+    out = never.outcome(n_train=1, n_dev=1, n_test=1, wall_s=0.0, device="cpu")
+    assert out["metrics"]["note"] == "dev accuracy never improved; no test evaluation" and "diverged" not in out
