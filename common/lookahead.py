@@ -264,6 +264,9 @@ def per_example_grads_token_rows(model: nn.Module, rest: ParamDict, table_weight
         return F.cross_entropy(logits, yi.unsqueeze(0))
 
     g_rest, g_embeds = vmap(grad(one, argnums=(0, 1)), in_dims=(None, 0, 0, 0))(rest, embeds, x, y)
+    padding_idx = getattr(model.get_submodule(table.rpartition(".")[0]), "padding_idx", None)
+    if padding_idx is not None:   # nn.Embedding never updates its padding row
+        g_embeds = g_embeds.masked_fill((x == padding_idx).unsqueeze(-1), 0.0)
     B, H = len(x), table_weight.shape[1]
     offsets = (inverse + len(rows) * torch.arange(B, device=x.device)[:, None]).reshape(-1)
     row_grads = torch.zeros(B * len(rows), H, dtype=g_embeds.dtype, device=g_embeds.device)
