@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vmap
 
+from common.token_batches import is_token_batch, length_groups, logits_by_length, trim_padding
+
 ParamDict = dict[str, Tensor]
 log = logging.getLogger("repro.lookahead")
 
@@ -70,8 +72,14 @@ def model_buffers(model: nn.Module) -> ParamDict:
     return {name: b for name, b in model.named_buffers()}
 
 
-def per_example_losses(model: nn.Module, params: ParamDict, buffers: ParamDict, x: Tensor, y: Tensor) -> Tensor:
-    logits = functional_call(model, (params, buffers), (x,))
+def per_example_losses(model: nn.Module, params: ParamDict, buffers: ParamDict, x: Tensor, y: Tensor, *,
+                       by_length: bool = False) -> Tensor:
+    """Cross-entropy of each row at `params`. `by_length`: token-id rows run in length groups, each
+    trimmed to its longest row (same values, less padding; not inside vmap)."""
+    if by_length and is_token_batch(x):
+        logits = logits_by_length(lambda ids: functional_call(model, (params, buffers), (ids,)), x)
+    else:
+        logits = functional_call(model, (params, buffers), (x,))
     return F.cross_entropy(logits, y, reduction="none")
 
 
@@ -79,7 +87,7 @@ def dev_loss_grad(model, params: ParamDict, buffers: ParamDict, dev_x: Tensor, d
     """Mean dev cross-entropy at `params` and its gradient G."""
     names = list(params)
     leaves = [params[n].detach().requires_grad_(True) for n in names]
-    loss = per_example_losses(model, dict(zip(names, leaves)), buffers, dev_x, dev_y).mean()
+    loss = per_example_losses(model, dict(zip(names, leaves)), buffers, dev_x, dev_y, by_length=True).mean()
     grads = torch.autograd.grad(loss, leaves)
     return loss.detach(), dict(zip(names, grads))
 
@@ -233,7 +241,8 @@ def adam_meta_gradient(model: nn.Module, params: ParamDict, buffers: ParamDict, 
         grads = per_example_grads(model, params, buffers, x, y)
     else:
         rest = {n: p for n, p in params.items() if n != table}
-        rows, grads, row_grads = per_example_grads_token_rows(model, rest, params[table], table, buffers, x, y)
+        rows, grads, row_grads, order = per_example_grads_token_rows(model, rest, params[table], table, buffers, x, y)
+        w = w[order]      # the examples in the order of their gradients; undone on return
     deltas = adam_deltas(params, grads, exp_avg, exp_avg_sq, step, hp)
     lookahead = {n: params[n] + torch.tensordot(w, d, dims=1) for n, d in deltas.items()}
     if table is not None:
@@ -247,31 +256,42 @@ def adam_meta_gradient(model: nn.Module, params: ParamDict, buffers: ParamDict, 
     if table is not None:
         G = g_dev[table]
         dots = dots + torch.vdot(G.flatten(), delta0.flatten()) + corrections.reshape(len(w), -1) @ G[rows].reshape(-1)
+        dots = torch.empty_like(dots).index_put_((order,), dots)
     return dots
 
 
 def per_example_grads_token_rows(model: nn.Module, rest: ParamDict, table_weight: Tensor, table: str,
-                                 buffers: ParamDict, x: Tensor, y: Tensor) -> tuple[Tensor, ParamDict, Tensor]:
+                                 buffers: ParamDict, x: Tensor, y: Tensor) -> tuple[Tensor, ParamDict, Tensor, Tensor]:
     """Per-example gradients with a word-embedding table kept sparse: (R = the batch's distinct token
-    ids, {name: [B, *shape]} for the other parameters, [B, |R|, H] gradient of the table's rows R).
-    The gradient w.r.t. the gathered embeddings E[x_i] is summed per token id (repeated tokens)."""
+    ids, {name: [B, *shape]} for the other parameters, [B, |R|, H] gradient of the table's rows R,
+    `order`). Rows run in length groups, each trimmed to its longest row (`common.token_batches`),
+    so the gradients come in the order `order` of the batch's rows (x[order]). The gradient w.r.t.
+    the gathered embeddings E[x_i] is summed per token id (repeated tokens)."""
     rows, inverse = torch.unique(x, return_inverse=True)
-    embeds = table_weight.detach()[x]                                            # [B, L, H]
+    padding_idx = getattr(model.get_submodule(table.rpartition(".")[0]), "padding_idx", None)
+    H = table_weight.shape[1]
 
     def one(p, e, xi, yi):
         logits = functional_call(model, ({**p, table: table_weight}, buffers), (xi.unsqueeze(0),),
                                  {"inputs_embeds": e.unsqueeze(0)})
         return F.cross_entropy(logits, yi.unsqueeze(0))
 
-    g_rest, g_embeds = vmap(grad(one, argnums=(0, 1)), in_dims=(None, 0, 0, 0))(rest, embeds, x, y)
-    padding_idx = getattr(model.get_submodule(table.rpartition(".")[0]), "padding_idx", None)
-    if padding_idx is not None:   # nn.Embedding never updates its padding row
-        g_embeds = g_embeds.masked_fill((x == padding_idx).unsqueeze(-1), 0.0)
-    B, H = len(x), table_weight.shape[1]
-    offsets = (inverse + len(rows) * torch.arange(B, device=x.device)[:, None]).reshape(-1)
-    row_grads = torch.zeros(B * len(rows), H, dtype=g_embeds.dtype, device=g_embeds.device)
-    row_grads.index_add_(0, offsets, g_embeds.reshape(-1, H))
-    return rows, g_rest, row_grads.reshape(B, len(rows), H)
+    per_example = vmap(grad(one, argnums=(0, 1)), in_dims=(None, 0, 0, 0))
+    groups = length_groups(x)
+    row_grads = torch.zeros(len(x) * len(rows), H, dtype=table_weight.dtype, device=table_weight.device)
+    parts, start = [], 0
+    for group in groups:
+        ids = trim_padding(x[group])
+        g_group, g_embeds = per_example(rest, table_weight.detach()[ids], ids, y[group])
+        if padding_idx is not None:   # nn.Embedding never updates its padding row
+            g_embeds = g_embeds.masked_fill((ids == padding_idx).unsqueeze(-1), 0.0)
+        slots = start + torch.arange(len(group), device=x.device)          # positions in `order`
+        offsets = (inverse[group, :ids.shape[1]] + len(rows) * slots[:, None]).reshape(-1)
+        row_grads.index_add_(0, offsets, g_embeds.reshape(-1, H))
+        parts.append(g_group)
+        start += len(group)
+    g_rest = parts[0] if len(parts) == 1 else {n: torch.cat([part[n] for part in parts]) for n in parts[0]}
+    return rows, g_rest, row_grads.reshape(len(x), len(rows), H), torch.cat(groups)
 
 
 def reference_meta_gradient(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,

@@ -22,6 +22,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from common.allocator import keep_freed_memory
 from common.config import config_hash
 from common.errors import ReproError
 from common.progress import progress_bar
@@ -70,6 +71,7 @@ def execute_job(job: Job) -> dict:
     """Run one job in this process and write its result file (create-only, atomic)."""
     import torch
 
+    keep_freed_memory()
     torch.set_num_threads(job.threads)
     module = importlib.import_module(job.paper_module)
     start = time.time()
@@ -117,6 +119,7 @@ def execute_job(job: Job) -> dict:
 def _worker_init(threads: int) -> None:
     import torch
 
+    keep_freed_memory()
     torch.set_num_threads(threads)
 
 

@@ -27,6 +27,7 @@ from torch.func import functional_call
 
 from common.cbert import LabelConditionalMLM, SoftTokens, augmentation_positions, soft_samples
 from common.lookahead import AdamHyper, adam_deltas, adam_optimizer_state
+from common.token_batches import logits_by_length
 from common.training import Batch
 
 
@@ -130,12 +131,12 @@ class AugmentationStep:
             aug = self.trim(self.synonym_variants[pick, ids.cpu()].to(x.device))
             width = max(x.shape[1], aug.shape[1])
             both = torch.cat([F.pad(x, (0, width - x.shape[1])), F.pad(aug, (0, width - aug.shape[1]))])
-            return self.classifier(both)
+            return logits_by_length(self.classifier, both)
         self.augmenter.eval()
         with torch.no_grad():
             positions = augmentation_positions(x, self.generator)
             soft = soft_samples(self.augmenter, x, y, positions, 1, self.generator, self.tau)
-        return torch.cat([self.classifier(x), self.classifier.forward_soft_tokens(soft)])
+        return torch.cat([logits_by_length(self.classifier, x), self.classifier.forward_soft_tokens(soft)])
 
     def state_dict(self) -> dict:
         state = {"generator": self.generator.get_state()}

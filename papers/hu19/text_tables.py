@@ -29,6 +29,7 @@ from common.data.subsample import DEV_SOURCES, SplitSpec, load_or_make_split, sp
 from common.errors import ConfigError
 from common.text_models import (adam_optimizer, adamw_param_groups, build_text_classifier, encode_texts,
                                 load_tokenizer)
+from common.token_batches import trim_padding
 from common.training import ArrayData, Batch, fit_fixed_steps, fit_with_dev_selection, resolve_device
 from papers.hu19.weighting import WeightingConfig, WeightingMethod, weighted_step
 
@@ -156,12 +157,6 @@ def load_text_split(config: dict, mirror: str | None, tokenizer, split_path=None
     dev, _ = take(*dev_source, split["dev"])
     test, _ = take(*data["test"], split["test"])
     return train, dev, test, train_texts, len(spec.classes)
-
-
-def trim_padding(ids: torch.Tensor) -> torch.Tensor:
-    """Drop the all-[PAD] columns at the right of a batch of token ids (pad id 0)."""
-    longest = int((ids != 0).sum(1).max()) if len(ids) else 1
-    return ids[:, :max(longest, 1)]
 
 
 def _synonym_variants(texts: list[str], labels, cfg: dict, tokenizer, max_seq_len: int, seed: int) -> torch.Tensor:

@@ -23,6 +23,7 @@ from torch import nn
 from common.data_weights import PersistentWeights, l2rw_weights, normalize, proportion_weights
 from common.errors import ConfigError
 from common.lookahead import lookahead_meta_gradient
+from common.token_batches import is_token_batch, logits_by_length
 from common.training import ArrayData, Batch, check_finite
 
 WEIGHTING_METHODS = ("base", "proportion", "ren", "ours_weight")
@@ -37,10 +38,12 @@ class WeightingConfig:
 
 
 def weighted_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch, weights: torch.Tensor) -> float:
-    """One optimizer step on sum_i weights_i * CE_i in train mode; returns the unweighted mean loss."""
+    """One optimizer step on sum_i weights_i * CE_i in train mode; returns the unweighted mean loss.
+    Token-id batches run in length groups (`common.token_batches`: same losses, less padding)."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    losses = F.cross_entropy(model(batch.x), batch.y, reduction="none")
+    logits = logits_by_length(model, batch.x) if is_token_batch(batch.x) else model(batch.x)
+    losses = F.cross_entropy(logits, batch.y, reduction="none")
     (losses * weights.detach().to(losses.device)).sum().backward()
     optimizer.step()
     return float(losses.detach().mean())
