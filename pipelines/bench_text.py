@@ -8,6 +8,7 @@ taking the augmentation meta step (one second-order lookahead per example of the
 from __future__ import annotations
 
 import copy
+import os
 import statistics
 import time
 from pathlib import Path
@@ -148,7 +149,8 @@ def run_text_benchmark(repeats: int = 5, out_dir: Path = Path("reports/benchmark
         "paper": "hu19", "profile": profile,
         "setup": (f"{backbone} classifier, batch {len(y)} SST-style sentences (trimmed to {x.shape[1]} tokens), "
                   f"dev {n_dev}, n_aug_meta {n_aug_meta}, Adam 4e-5, 1 thread, median of {repeats} interleaved "
-                  "repeats in one process"),
+                  f"repeats in one process; machine load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} "
+                  "cores when it ended (other jobs slow every row, ratios less so)"),
         "rows": rows,
         "notes": ["ours_weight: Adam deltas need per-example gradients (torch.func.vmap); the lookahead and dev "
                   "gradient add about one more forward/backward. The word-embedding table (11.7M of MiniLM's 22.7M "
