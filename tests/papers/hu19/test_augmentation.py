@@ -37,6 +37,13 @@ def warmed_adam(clf, x, y, steps=2):
     return opt
 
 
+def meta_problem():
+    """(classifier, batch x, y, warmed Adam, dev x, dev y) of the meta-gradient tests."""
+    clf = tiny_classifier()
+    x, y = ids_batch(), torch.tensor([0, 1, 2, 1])
+    return clf, x, y, warmed_adam(clf, x, y), ids_batch(seed=7), torch.tensor([2, 0, 1, 0])
+
+
 def test_differentiable_adam_step_equals_torch_adam():
     clf = tiny_classifier()
     x, y = ids_batch(), torch.tensor([0, 1, 2, 1])
@@ -55,10 +62,7 @@ def test_differentiable_adam_step_equals_torch_adam():
 
 
 def test_meta_gradient_matches_central_finite_differences():
-    clf = tiny_classifier()
-    x, y = ids_batch(), torch.tensor([0, 1, 2, 1])
-    opt = warmed_adam(clf, x, y)
-    dev_x, dev_y = ids_batch(seed=7), torch.tensor([2, 0, 1, 0])
+    clf, x, y, opt, dev_x, dev_y = meta_problem()
     positions = torch.zeros_like(x, dtype=torch.bool)
     positions[:, 2] = True
     positions[:, 4] = True
@@ -106,10 +110,7 @@ def test_ours_aug_step_updates_augmenter_and_classifier():
 def test_row_restricted_lookahead_equals_the_full_one():
     """Stepping only the word-embedding rows the dev batch reads gives the same dev loss and the
     same meta-gradient as stepping the whole table (float64)."""
-    clf = tiny_classifier()
-    x, y = ids_batch(), torch.tensor([0, 1, 2, 1])
-    opt = warmed_adam(clf, x, y)
-    dev_x, dev_y = ids_batch(seed=7), torch.tensor([2, 0, 1, 0])
+    clf, x, y, opt, dev_x, dev_y = meta_problem()
     positions = torch.zeros_like(x, dtype=torch.bool)
     positions[:, 3] = True
     psi = torch.randn(int(positions.sum()), VOCAB, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
