@@ -46,7 +46,8 @@ def order_runs(configs: list[dict]) -> list[dict]:
 def split_path(splits_dir: Path, config: dict) -> Path:
     spec = {k: config.get(k) for k in ("dataset", "classes", "train_counts", "dev_per_class", "dev_pool_size",
                                        "test_limit", "data_seed")}
-    spec.update({k: config[k] for k in ("train_counts_per_class", "dev_source", "class_order") if k in config})
+    spec.update({k: config[k] for k in ("train_counts_per_class", "dev_source", "class_order", "test_sample")
+                 if k in config})
     return (Path(splits_dir) / config["profile"] / config["paper"] / config["table"]
             / f"{config['setting']}_dataseed{config['data_seed']}_{config_hash(spec)[:8]}.json")
 

@@ -36,6 +36,7 @@ class SplitSpec:
     extra: dict = field(default_factory=dict, compare=False)
     dev_source: str = "train_tail"         # see DEV_SOURCES
     class_order: tuple[int, ...] | None = None   # order in which classes are drawn (default: `classes`)
+    test_sample: int | None = None         # score a fixed class-stratified random subset of n test examples
 
     def __post_init__(self):
         if len(self.classes) != len(self.train_counts):
@@ -44,6 +45,9 @@ class SplitSpec:
         if self.dev_source not in DEV_SOURCES:
             raise ConfigError(f"split {self.dataset}: dev_source {self.dev_source!r}; expected one of "
                               f"{list(DEV_SOURCES)}")
+        if self.test_sample is not None and self.test_sample < len(self.classes):
+            raise ConfigError(f"split {self.dataset}: test_sample {self.test_sample} must be at least the number "
+                              f"of classes ({len(self.classes)})")
         if self.class_order is not None and sorted(self.class_order) != sorted(self.classes):
             raise ConfigError(f"split {self.dataset}: class_order {self.class_order} must be a permutation "
                               f"of classes {self.classes}")
@@ -105,15 +109,34 @@ def make_split(train_labels: np.ndarray, test_labels: np.ndarray, spec: SplitSpe
     train = _draw(train_labels, train_pool, order, [count_of[c] for c in order], rng)
     dev = _draw(dev_pool_labels, dev_pool, order, [spec.dev_per_class] * len(order), rng)
     test = [int(i) for i in np.flatnonzero(np.isin(test_labels, spec.classes))]
+    if spec.test_sample is not None:
+        test = stratified_test_sample(np.asarray(test), np.asarray(test_labels)[test], spec.test_sample, data_seed)
     if spec.test_limit is not None:
         test = test[: spec.test_limit]
     return {"train": train, "dev": dev, "test": test}
 
 
+def stratified_test_sample(test: np.ndarray, labels: np.ndarray, n: int, data_seed: int) -> list[int]:
+    """A fixed random subset of n test indices with the test set's class proportions (largest
+    remainders), drawn with its own generator so the train/dev draws are unchanged. For test sets
+    too large to score in every run on a CPU (IMDB: 25,000 reviews); the subset is the same for
+    every method and seed of a table."""
+    if n > len(test):
+        raise ConfigError(f"test_sample {n} exceeds the {len(test)} test examples")
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts * n / len(test)
+    take = np.floor(quota).astype(int)
+    take[np.argsort(-(quota - take), kind="stable")[: n - take.sum()]] += 1
+    rng = np.random.default_rng([data_seed, 0x7E57])
+    chosen = [rng.choice(test[labels == c], size=k, replace=False) for c, k in zip(classes, take)]
+    return sorted(int(i) for i in np.concatenate(chosen))
+
+
 def split_record(spec: SplitSpec, data_seed: int, split: dict) -> dict:
     spec_dict = asdict(spec)
     spec_dict.pop("extra")
-    for key, default in (("dev_source", "train_tail"), ("class_order", None)):  # older files lack them
+    for key, default in (("dev_source", "train_tail"), ("class_order", None),
+                         ("test_sample", None)):  # older files lack them
         if spec_dict[key] == default:
             spec_dict.pop(key)
     record = {"spec": spec_dict, "data_seed": data_seed, "counts": {k: len(v) for k, v in split.items()}, **split}

@@ -49,7 +49,8 @@ AUGMENTATION_TYPES = {"pretrain_epochs": int, "epochs": int, "generator_lr": flo
                       "cbert_batch_size": int, "n_aug_meta": int, "tau": float}
 SYNONYM_TYPES = {"p_replace": float, "max_replacements": int, "n_variants": int}
 TEXT_SETTING_TYPES = {"dataset": str, "train_per_class": int, "minority": int, "dev_per_class": int,
-                      "dev_source": str, "dev_pool_size": int, "class_order": list, "w_decay": float}
+                      "dev_source": str, "dev_pool_size": int, "class_order": list, "w_decay": float,
+                      "test_sample": int}
 
 
 def validate_text_table_config(table: str, cfg: dict, where: str, tables: dict) -> None:
@@ -94,6 +95,8 @@ def text_run_config(table, setting, method, seed, cfg, profile) -> dict[str, Any
         "batch_size": cfg["batch_size"], "epochs": cfg["epochs"], "min_epochs": cfg.get("min_epochs", 0),
         "optimizer": {"name": "adam", "lr": cfg["lr"], "weight_decay": cfg["weight_decay"]},
     }
+    if s.get("test_sample") is not None:  # only when set, so other runs keep their config hash
+        config["test_sample"] = s["test_sample"]
     if table == "table3":
         config["classes"] = list(cfg["classes"])
         config["train_counts"] = [s["minority"], s["train_per_class"]]
@@ -130,7 +133,8 @@ def text_split_spec(config: dict, n_classes: int) -> SplitSpec:
               else (config["train_counts_per_class"],) * len(classes))
     order = tuple(config["class_order"]) if config.get("class_order") else None
     return SplitSpec(config["dataset"], classes, counts, config["dev_per_class"], config["dev_pool_size"],
-                     config["test_limit"], dev_source=config["dev_source"], class_order=order)
+                     config["test_limit"], dev_source=config["dev_source"], class_order=order,
+                     test_sample=config.get("test_sample"))
 
 
 def prepare_text_split(config: dict, mirror: str | None, split_path: Path | None) -> tuple[dict, dict, SplitSpec]:

@@ -67,3 +67,18 @@ def test_default_specs_keep_the_record_format_of_existing_split_files():
     assert "dev_source" not in record["spec"] and "class_order" not in record["spec"]
     record = split_record(spec(dev_source="dev_split"), 1, {"train": [], "dev": [], "test": []})
     assert record["spec"]["dev_source"] == "dev_split"
+
+
+def test_test_sample_is_a_fixed_stratified_subset_leaving_train_and_dev_alone():
+    test_labels = np.sort(np.array([0] * 600 + [1] * 300 + [2] * 100))   # label-sorted, as IMDB's test file
+    full = make_split(LABELS, test_labels, spec(), 7)
+    sampled = make_split(LABELS, test_labels, spec(test_sample=101), 7)
+    assert sampled["train"] == full["train"] and sampled["dev"] == full["dev"]
+    assert len(sampled["test"]) == 101 and len(set(sampled["test"])) == 101 and sampled["test"] == sorted(sampled["test"])
+    counts = np.bincount(test_labels[sampled["test"]], minlength=3).tolist()
+    assert counts == [61, 30, 10]                 # quotas 60.6 / 30.3 / 10.1: the largest remainder gets the spare
+    assert make_split(LABELS, test_labels, spec(test_sample=101), 7)["test"] == sampled["test"]
+    assert make_split(LABELS, test_labels, spec(test_sample=101), 8)["test"] != sampled["test"]
+    with pytest.raises(ConfigError, match="test_sample 2000 exceeds the 1000 test examples"):
+        make_split(LABELS, test_labels, spec(test_sample=2000), 7)
+    assert "test_sample" not in split_record(spec(), 7, full)["spec"]
