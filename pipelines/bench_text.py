@@ -151,6 +151,11 @@ def run_text_benchmark(repeats: int = 5, out_dir: Path = Path("reports/benchmark
                   f"dev {n_dev}, n_aug_meta {n_aug_meta}, Adam 4e-5, 1 thread, median of {repeats} interleaved "
                   f"repeats in one process; machine load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} "
                   "cores when it ended (other jobs slow every row, ratios less so)"),
+        "verdicts": [
+            f"ours_weight: {medians['ours_weight'] / medians['base']:.2f}x base, target <= 3x: "
+            f"{'met' if medians['ours_weight'] <= 3 * medians['base'] else 'NOT met'}",
+            f"ours_aug: {medians['ours_aug'] / medians['fixed_aug']:.2f}x fixed_aug, target <= 4x: "
+            f"{'met' if medians['ours_aug'] <= 4 * medians['fixed_aug'] else 'NOT met'}"],
         "rows": rows,
         "notes": ["ours_weight: Adam deltas need per-example gradients (torch.func.vmap); the lookahead and dev "
                   "gradient add about one more forward/backward. The word-embedding table (11.7M of MiniLM's 22.7M "

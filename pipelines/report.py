@@ -242,7 +242,7 @@ def render_table_section(report: TableReport, published: dict, profile: str, fig
         lines += ["Diverged runs: training stopped when a loss or meta-gradient became NaN/inf; such a run "
                   "counts with the test accuracy of its best dev epoch before the divergence (what the "
                   "official loop reports, since a NaN model never beats its best dev accuracy again). "
-                  "Epochs: " + ", ".join(f"{r['method']} seed {r['seed']} at {r['diverged']['epoch']}"
+                  "Epochs: " + ", ".join(f"{r['setting']} {r['method']} seed {r['seed']} at {r['diverged']['epoch']}"
                                          + (f" (max phi {r['metrics']['phi_max']:.3g})"
                                             if r["metrics"].get("phi_max") is not None else "")
                                          for r in report.runs if r.get("diverged")) + ".", ""]
@@ -348,7 +348,9 @@ def render_performance(benchmark_path: Path) -> str:
     lines = [f"## Performance: {suite}", "", f"Setup: {bench.get('setup', 'not recorded')}", ""]
     if rows:
         lines += [*_markdown_table(columns, [[row.get(c, "") for c in columns] for row in rows]), ""]
-    extras = {k: v for k, v in bench.items() if k not in ("rows", "notes", "setup", "paper", "profile")}
+    if bench.get("verdicts"):
+        lines += ["Verdicts against the targets:", "", *[f"- {v}" for v in bench["verdicts"]], ""]
+    extras = {k: v for k, v in bench.items() if k not in ("rows", "notes", "setup", "paper", "profile", "verdicts")}
     lines += [f"- {key}: {json.dumps(value)}" for key, value in extras.items()]
     lines += [f"- {note}" for note in bench.get("notes", [])]
     return "\n".join(lines) + "\n"

@@ -12,6 +12,11 @@ def test_benchmark_smoke_profile(tmp_path):
     assert rows["base"]["ratio_to_base"] == 1.0
     assert {"ren", "ours_weight", "ours_weight_loop"} <= set(rows)
     assert all(r["seconds_per_step"] > 0 for r in rows.values())
+    ren, ours, loop, why = bench["verdicts"]
+    stated = float(ren.split(": ")[1].split("x")[0])            # "ren: 3.12x base, target <= 3.0x: NOT met"
+    assert abs(stated - rows["ren"]["ratio_to_base"]) <= 0.011
+    assert ren.endswith("target <= 3.0x: met" if stated < 2.995 else "NOT met") or abs(stated - 3.0) < 0.01
+    assert ours.startswith("ours_weight: ") and "per-example loop" in loop and why.startswith("Why:")
 
 
 def test_text_benchmark_smoke_profile(tmp_path):
@@ -24,3 +29,4 @@ def test_text_benchmark_smoke_profile(tmp_path):
     assert all(r["ms_per_step"] > 0 for r in rows.values())
     assert "x base" in rows["ours_weight"]["ratio"] and "x fixed_aug" in rows["ours_aug"]["ratio"]
     assert "tiny-random-bert" in bench["setup"]
+    assert [v.split(":")[0] for v in bench["verdicts"]] == ["ours_weight", "ours_aug"]
