@@ -322,6 +322,13 @@ def reference_meta_gradient(model: nn.Module, optimizer: torch.optim.Optimizer, 
     return torch.autograd.grad(loss, w)[0]
 
 
+def sparse_embedding_table(model: nn.Module, params: dict, x: Tensor) -> str | None:
+    """Name of the word-embedding table to step row-sparsely: the model's `token_embedding_param`
+    when it is among the stepped `params` and `x` holds token ids (not embeddings); else None."""
+    table = getattr(model, "token_embedding_param", None)
+    return table if table in params and not torch.is_floating_point(x) else None
+
+
 def lookahead_meta_gradient(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
                             dev_x: Tensor, dev_y: Tensor, w: Tensor, *, eval_mode: bool = True,
                             sparse_embedding: bool = True) -> Tensor:
@@ -354,8 +361,7 @@ def lookahead_meta_gradient(model: nn.Module, optimizer: torch.optim.Optimizer, 
         if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
             hp = AdamHyper(group["lr"], tuple(group["betas"]), group["eps"], decay,
                            decoupled=isinstance(optimizer, torch.optim.AdamW))
-            table = getattr(model, "token_embedding_param", None) if sparse_embedding else None
-            table = table if table in params and not torch.is_floating_point(x) else None
+            table = sparse_embedding_table(model, params, x) if sparse_embedding else None
             return adam_meta_gradient(model, params, buffers, x, y, dev_x, dev_y, w,
                                       adam_optimizer_state(optimizer, model), hp, token_embedding=table)
         raise ValueError(f"no lookahead for optimizer {type(optimizer).__name__}")

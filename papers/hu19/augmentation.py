@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from common.cbert import LabelConditionalMLM, SoftTokens, augmentation_positions, soft_samples
-from common.lookahead import AdamHyper, adam_deltas, adam_optimizer_state
+from common.lookahead import AdamHyper, adam_deltas, adam_optimizer_state, sparse_embedding_table
 from common.token_batches import logits_by_length
 from common.training import Batch
 
@@ -70,8 +70,7 @@ def lookahead_dev_loss(classifier: nn.Module, optimizer: torch.optim.Optimizer, 
                                                 create_graph=True)))
     exp_avg, exp_avg_sq, step = adam_optimizer_state(optimizer, classifier)
     hp = adam_hyper(optimizer, classifier)
-    table = getattr(classifier, "token_embedding_param", None) if sparse_embedding else None
-    table = table if table in leaves and not torch.is_floating_point(dev_x) else None
+    table = sparse_embedding_table(classifier, leaves, dev_x) if sparse_embedding else None
     stepped = [n for n in names if n != table]
     deltas = adam_deltas(leaves, {n: grads[n] for n in stepped}, exp_avg, exp_avg_sq, step, hp)
     ahead = {n: leaves[n] + deltas[n] for n in stepped}
