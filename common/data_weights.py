@@ -27,6 +27,16 @@ def normalize(w: Tensor, kind: str, temperature: float = 1.0) -> Tensor:
     raise ValueError(f"weight normalisation: unknown kind {kind!r}; expected 'linear' or 'softmax'")
 
 
+def normalize_vjp(phi: Tensor, grad_w: Tensor, kind: str, temperature: float = 1.0) -> Tensor:
+    """dL/dphi from dL/dw for w = normalize(phi) (the chain rule through Eq. 12's normalisation):
+    linear (phi > 0): (g - <w, g>) / sum(phi); softmax(phi / T): w * (g - <w, g>) / T."""
+    w = normalize(phi, kind, temperature)
+    centred = grad_w - (w * grad_w).sum()
+    if kind == "linear":
+        return centred / phi.clamp(min=0).sum()
+    return w * centred / temperature
+
+
 def l2rw_weights(meta_grad: Tensor) -> Tensor:
     """Ren et al. 2018: w = max(-dL_dev/deps, 0), normalised to sum 1, re-estimated every step."""
     return linear_normalize(-meta_grad)

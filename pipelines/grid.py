@@ -37,8 +37,8 @@ def select(configs: list[dict], setting: str | None, method: str | None, seed: i
 
 def order_runs(configs: list[dict]) -> list[dict]:
     """Cheap methods first, then seed-major, so partial grids give every method some seeds."""
-    cost = {"base": 0, "proportion": 1, "base_val": 2, "synonym": 2, "ren": 3, "ours_weight": 3, "fixed_aug": 3,
-            "ours_aug": 4}
+    cost = {"base": 0, "proportion": 1, "base_val": 2, "synonym": 2, "ren": 3, "ours_weight": 3,
+            "ours_weight_eq12": 3, "fixed_aug": 3, "ours_aug": 4}
     return sorted(configs, key=lambda c: (cost.get(c["method"], 3) >= 3, c["seed"], cost.get(c["method"], 3),
                                           c["setting"]))
 

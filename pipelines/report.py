@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 import papers
+from common.errors import ConfigError
 from common.results import collect_results
 from common.tracking import Tracker
 from pipelines.papers import PAPER_MODULES
@@ -72,6 +73,7 @@ class Cell:
     paper: Stats
     ours: Stats | None
     verdict: Verdict
+    variant: bool = False          # our variant of a published method (not a published cell)
 
 
 @dataclass
@@ -85,9 +87,36 @@ class TableReport:
 
 
 def load_published(paper: str) -> dict | None:
-    """papers/<paper>/paper_tables.yaml, or None if the paper has none."""
+    """papers/<paper>/paper_tables.yaml, or None if the paper has none; each table's `our_variants`
+    expanded (see `with_variants`)."""
     path = PAPERS_DIR / paper / "paper_tables.yaml"
-    return yaml.safe_load(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    published = yaml.safe_load(path.read_text())
+    published["tables"] = {name: with_variants(spec) for name, spec in published.get("tables", {}).items()}
+    return published
+
+
+def with_variants(spec: dict) -> dict:
+    """A table spec with a row per `our_variants` entry ({method: {of, label}}): our variant of the
+    paper's method `of`, compared with the published numbers of `of` and inheriting its orderings
+    (`of > ren` gives `variant > ren`). The published results themselves are not touched."""
+    variants = spec.get("our_variants") or {}
+    if not variants:
+        return spec
+    spec = {**spec, "methods": dict(spec["methods"]), "results": {s: dict(r) for s, r in spec["results"].items()},
+            "orderings": list(spec.get("orderings", []))}
+    for method, variant in variants.items():
+        of = variant["of"]
+        if of not in spec["methods"]:
+            raise ConfigError(f"paper_tables.yaml: our_variants.{method}.of: {of!r} is not a method of the table; "
+                              f"expected one of {list(spec['methods'])}")
+        spec["methods"][method] = {"label": variant["label"]}
+        for by_method in spec["results"].values():
+            if of in by_method:
+                by_method[method] = by_method[of]
+        spec["orderings"] += [[method if m == of else m for m in pair] for pair in spec["orderings"] if of in pair]
+    return spec
 
 
 def seed_stats(values: list[float | None]) -> Stats:
@@ -204,7 +233,7 @@ def build_table(published: dict, table: str, params: dict, paper: str, profile: 
                 verdict = like_for_like_verdict(theirs, ours)
             else:
                 verdict = ordering_verdict(method, theirs, ours, paper_base, ours_stats.get((table, setting, "base")))
-            cells.append(Cell(setting, method, theirs, ours, verdict))
+            cells.append(Cell(setting, method, theirs, ours, verdict, method in spec.get("our_variants", {})))
     return TableReport(table, spec["title"], like_for_like, footnotes, cells, runs)
 
 
@@ -399,8 +428,9 @@ def draw_figure(report: TableReport, published: dict, paper: str, profile: str, 
 
 
 def verdict_counts(report: TableReport) -> dict[str, int]:
-    """Number of cells per counted verdict kind (`ref` rows are not counted)."""
-    return {kind: sum(cell.verdict.kind == kind for cell in report.cells) for kind in COUNTED_VERDICTS}
+    """Number of published cells per counted verdict kind (`ref` rows and our variants are not counted)."""
+    return {kind: sum(cell.verdict.kind == kind and not cell.variant for cell in report.cells)
+            for kind in COUNTED_VERDICTS}
 
 
 def render_index(scoreboard: dict[str, list[TableReport] | None], profile: str) -> str:

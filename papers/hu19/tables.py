@@ -21,7 +21,7 @@ from common.errors import ConfigError
 from common.models import build_image_model
 from common.training import ArrayData, fit_fixed_steps, fit_with_dev_selection, resolve_device
 from papers.hu19.text_tables import execute_text, prepare_text_split, text_run_config, validate_text_table_config
-from papers.hu19.weighting import WeightingConfig, WeightingMethod, weighted_step
+from papers.hu19.weighting import PERSISTENT_WEIGHT_METHODS, WeightingConfig, WeightingMethod, weighted_step
 
 PAPER = "hu19"
 # Normalisation used by the official code (ToTensor + Normalize with these statistics).
@@ -40,9 +40,10 @@ TABLES = {
     "table1": TableDef(("sst5", "imdb", "trec"),
                        ("base", "base_val", "synonym", "fixed_aug", "ours_aug", "ren", "ours_weight"),
                        "Low-data text classification (SST-5 40+2, IMDB/TREC 40+5 per class), augmentation and weighting"),
-    "table2": TableDef(("pretrained", "not_pretrained"), ("base", "base_val", "ren", "ours_weight"),
+    "table2": TableDef(("pretrained", "not_pretrained"), ("base", "base_val", "ren", "ours_weight", "ours_weight_eq12"),
                        "CIFAR-10 low data (40+2 per class), data weighting"),
-    "table4": TableDef(("ratio_20", "ratio_50", "ratio_100"), ("base", "base_val", "proportion", "ren", "ours_weight"),
+    "table4": TableDef(("ratio_20", "ratio_50", "ratio_100"),
+                       ("base", "base_val", "proportion", "ren", "ours_weight", "ours_weight_eq12"),
                        "Imbalanced CIFAR-10 (class 0 minority vs class 1 x1000), data weighting"),
     "table3": TableDef(("ratio_20", "ratio_50", "ratio_100"), ("base", "base_val", "proportion", "ren", "ours_weight"),
                        "Imbalanced SST-2 (label 0 minority vs label 1 x1000), data weighting"),
@@ -63,7 +64,8 @@ def validate_table_config(table: str, cfg: dict, where: str) -> None:
         raise ConfigError(f"{where}.methods: unknown method(s) {bad} for {table}; "
                           f"expected a subset of {list(TABLES[table].methods)}")
     check_block(cfg.get("weighting", {}), WEIGHTING_TYPES, f"{where}.weighting",
-                ("w_init", "w_decay", "norm", "softmax_temp") if "ours_weight" in cfg["methods"] else ())
+                ("w_init", "w_decay", "norm", "softmax_temp")
+                if set(PERSISTENT_WEIGHT_METHODS) & set(cfg["methods"]) else ())
     for name, override in cfg["settings"].items():
         if name not in TABLES[table].settings:
             raise ConfigError(f"{where}.settings: unknown setting {name!r} for {table}; "
@@ -115,9 +117,9 @@ def run_config(table, setting, method, seed, cfg, override, profile) -> dict[str
         "optimizer": {"name": "sgd", "lr": cfg["lr"], "momentum": cfg["momentum"],
                       "weight_decay": cfg["weight_decay"]},
     }
-    if method in ("ren", "ours_weight"):
+    if method in ("ren", *PERSISTENT_WEIGHT_METHODS):
         config["pretrain_epochs"] = weighting.get("pretrain_epochs", 0)
-    if method == "ours_weight":
+    if method in PERSISTENT_WEIGHT_METHODS:
         config["weighting"] = {k: weighting[k] for k in ("w_init", "w_decay", "norm", "softmax_temp")}
     if method == "base_val":
         config["requires"] = {"method": "base", "seeds": cfg["seeds"]}

@@ -11,6 +11,10 @@ weights w_hat summing to 1 (Eq. 12, minibatch form). They differ only in how w_h
                 (Eq. 7), meta-gradient of the dev loss (Eq. 8), phi_i <- phi_i / decay - grad_i
                 (clamp 1e-5), then softmax(phi/T) (Eq. 12) or linear normalisation (the log-phi
                 parameterisation the paper mentions after Eq. 12).
+* `ours_weight_eq12`  our variant: as `ours_weight`, but the lookahead steps with the normalised
+                weights, theta'(phi) = theta + sum_i w_hat_i(phi) Delta_i (Eq. 12's objective), and the
+                meta-gradient reaches phi through the normalisation (chain rule). The official code
+                (= `ours_weight`) steps with raw phi, whose lookahead grows with phi.
 """
 from __future__ import annotations
 
@@ -20,13 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.data_weights import PersistentWeights, l2rw_weights, normalize, proportion_weights
+from common.data_weights import PersistentWeights, l2rw_weights, normalize, normalize_vjp, proportion_weights
 from common.errors import ConfigError
 from common.lookahead import lookahead_meta_gradient
 from common.token_batches import is_token_batch, logits_by_length
 from common.training import ArrayData, Batch, check_finite
 
-WEIGHTING_METHODS = ("base", "proportion", "ren", "ours_weight")
+WEIGHTING_METHODS = ("base", "proportion", "ren", "ours_weight", "ours_weight_eq12")
+PERSISTENT_WEIGHT_METHODS = ("ours_weight", "ours_weight_eq12")   # keep phi; need a `weighting` config
 
 
 @dataclass
@@ -58,7 +63,8 @@ class WeightingMethod:
             raise ConfigError(f"method: unknown weighting method {method!r}; expected one of {list(WEIGHTING_METHODS)}")
         self.method, self.model, self.optimizer, self.dev, self.cfg = method, model, optimizer, dev, cfg
         self.class_counts = torch.bincount(train.y.cpu(), minlength=num_classes).clamp(min=1)
-        self.phi = PersistentWeights(len(train), cfg.w_init, cfg.w_decay) if method == "ours_weight" else None
+        self.phi = (PersistentWeights(len(train), cfg.w_init, cfg.w_decay) if method in PERSISTENT_WEIGHT_METHODS
+                    else None)
         self.last_weights: torch.Tensor | None = None
 
     def batch_weights(self, batch: Batch) -> torch.Tensor:
@@ -73,9 +79,15 @@ class WeightingMethod:
             check_finite(grad, "ren meta-gradient")
             return l2rw_weights(grad)
         phi = self.phi[batch.ids]
-        grad = lookahead_meta_gradient(self.model, self.optimizer, batch.x, batch.y, self.dev.x, self.dev.y, phi)
-        check_finite(grad, "ours_weight meta-gradient")
-        return normalize(self.phi.update(batch.ids, grad), self.cfg.norm, self.cfg.softmax_temp)
+        norm, temp = self.cfg.norm, self.cfg.softmax_temp
+        if self.method == "ours_weight_eq12":
+            grad_w = lookahead_meta_gradient(self.model, self.optimizer, batch.x, batch.y, self.dev.x, self.dev.y,
+                                             normalize(phi, norm, temp))
+            grad = normalize_vjp(phi, grad_w, norm, temp)
+        else:
+            grad = lookahead_meta_gradient(self.model, self.optimizer, batch.x, batch.y, self.dev.x, self.dev.y, phi)
+        check_finite(grad, f"{self.method} meta-gradient")
+        return normalize(self.phi.update(batch.ids, grad), norm, temp)
 
     def extra_metrics(self) -> dict:
         """`phi_max` for ours_weight: the largest persistent weight (it grows without bound before a

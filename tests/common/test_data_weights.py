@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from common.data_weights import (WEIGHT_FLOOR, PersistentWeights, l2rw_weights, linear_normalize, normalize,
+                                 normalize_vjp,
                                  proportion_weights, softmax_normalize)
 
 
@@ -49,3 +50,12 @@ def test_persistent_weights_rule_and_floor():
     torch.testing.assert_close(other.values, phi.values)
     with pytest.raises(ValueError, match="w_decay"):
         PersistentWeights(2, 1.0, 0.0)
+
+
+@pytest.mark.parametrize("kind,temp", [("linear", 1.0), ("softmax", 1.0), ("softmax", 10.0)])
+def test_normalize_vjp_is_the_chain_rule_through_the_normalisation(kind, temp):
+    torch.manual_seed(0)
+    phi = (torch.rand(5, dtype=torch.float64) + 0.1).requires_grad_(True)
+    grad_w = torch.randn(5, dtype=torch.float64)
+    (normalize(phi, kind, temp) * grad_w).sum().backward()
+    torch.testing.assert_close(normalize_vjp(phi.detach(), grad_w, kind, temp), phi.grad)

@@ -305,3 +305,26 @@ def test_figure2_section_from_the_lowest_seed(toy, tmp_path):
     assert "Figure 2 analog" in text and "seed 0)" in text
     assert "| striking | 0 | — | first, first, first, first, first |" in text
     assert "| striking | 1 | a, b, c, d, e | x, x, x, x, x |" in text
+
+
+def test_our_variants_are_compared_with_the_method_they_vary(toy, tmp_path):
+    published = json.loads(json.dumps(PUBLISHED))
+    published["tables"]["t2"]["orderings"] = [["m1", "base"]]
+    published["tables"]["t2"]["our_variants"] = {"m1x": {"of": "m1", "label": "Up, our variant"}}
+    (tmp_path / "papers" / "hu19" / "paper_tables.yaml").write_text(yaml.safe_dump(published, sort_keys=False))
+    for seed, acc in enumerate([30.0, 32.0]):       # below base (41), the paper's m1 is above its base: FAIL
+        write_json_atomic(RunKey("hu19", "t2", "r1", "m1x", seed).path(tmp_path / "results", "cpu"), {
+            "paper": "hu19", "table": "t2", "setting": "r1", "method": "m1x", "seed": seed, "profile": "cpu",
+            "config_hash": "h", "git_sha": "ccc", "config": {}, "wall_s": 10.0, "finished_at": "2024-01-01",
+            "metrics": {"test_acc": acc, "best_dev_acc": 0.0, "best_epoch": 1, "steps_at_best": 1}})
+    report.write_reports(toy, "cpu", log_tables=False)
+    text = (tmp_path / "reports" / "hu19.md").read_text()
+    rows = verdict_rows(text, "t2")
+    assert rows[("R one", "Up, our variant")] == ["75.00 ± 2.00 (4)", "31.00 ± 1.00 (2)", "-44.00", "FAIL"]
+    assert "| R one | m1x > base | yes | 31.00 vs 41.00" in section(text, "t2")
+    index = (tmp_path / "reports" / "index.md").read_text()       # the variant's FAIL is not a published cell
+    assert "| hu19 | t2 | cpu | no | 0 | 1 | 1 | 1 | 4 | [hu19.md](hu19.md) |" in index
+    published["tables"]["t2"]["our_variants"] = {"m1x": {"of": "nope", "label": "x"}}
+    (tmp_path / "papers" / "hu19" / "paper_tables.yaml").write_text(yaml.safe_dump(published, sort_keys=False))
+    with pytest.raises(report.ConfigError, match="our_variants.m1x.of: 'nope' is not a method"):
+        report.write_reports(toy, "cpu", log_tables=False)

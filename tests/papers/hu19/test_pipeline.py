@@ -42,9 +42,10 @@ def test_dvc_repro_smoke_end_to_end(tmp_path, mirror):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     runs = mlflow.search_runs(experiment_names=["hu19"], output_format="list")
     per_run = [r for r in runs if r.data.tags.get("stage") == "run"]
-    assert len(per_run) == 42
+    assert len(per_run) == 44
     assert {r.data.tags["method"] for r in per_run} == {"base", "base_val", "proportion", "ren", "ours_weight",
-                                                        "synonym", "fixed_aug", "ours_aug"}
+                                                        "ours_weight_eq12", "synonym", "fixed_aug", "ours_aug"}
+    assert "| 20 : 1000 | Ours, lookahead with Eq.-12 normalised weights (our variant) |" in report
     assert (work / "artifacts/mlm/smoke/mlm_report.json").exists(), "the MLM stage ran"
     assert "## Performance: text" in report
     assert (work / "reports/mlm/hu19_smoke.json").exists() and "## The MLM the text augmenter starts from" in report
