@@ -23,6 +23,25 @@ def table_configs(params: dict, paper: str, profile: str, table: str) -> list[di
     return module.run_configs(table, cfg, profile)
 
 
+def current_hashes(params: dict, paper: str, profile: str, table: str, results: list[dict]) -> dict:
+    """(setting, method, seed) -> the config hash a result needs to count under the current params
+    (None: cannot count, its `requires` results are missing or stale). Dependent runs (base_val)
+    are resolved from `results` as the runner resolves them."""
+    module = paper_module(paper)
+    found = {(r["setting"], r["method"], r["seed"]): r for r in results if r["table"] == table}
+    configs = table_configs(params, paper, profile, table)
+    hashes = {(c["setting"], c["method"], c["seed"]): config_hash(c) for c in configs if "requires" not in c}
+    for c in configs:
+        if "requires" in c:
+            req = c["requires"]
+            deps = [found.get((c["setting"], req["method"], s)) for s in range(req["seeds"])]
+            current = all(d is not None and d["config_hash"] == hashes.get((c["setting"], req["method"], s))
+                          for s, d in enumerate(deps))
+            hashes[(c["setting"], c["method"], c["seed"])] = (config_hash(module.resolve_requirements(c, deps))
+                                                              if current else None)
+    return hashes
+
+
 def select(configs: list[dict], setting: str | None, method: str | None, seed: int | None) -> list[dict]:
     def keep(c):
         return ((setting is None or c["setting"] == setting) and (method is None or c["method"] == method)

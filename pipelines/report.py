@@ -24,6 +24,7 @@ import papers
 from common.errors import ConfigError
 from common.results import collect_results
 from common.tracking import Tracker
+from pipelines.grid import current_hashes
 from pipelines.papers import PAPER_MODULES
 
 PAPERS_DIR = Path(papers.__file__).parent
@@ -84,6 +85,8 @@ class TableReport:
     footnotes: list[str]
     cells: list[Cell]
     runs: list[dict]
+    stale: list[dict] = dataclasses.field(default_factory=list)   # results of an older config: not counted
+    stale_check: str = ""          # why results could not be checked against the current config, if so
 
 
 def load_published(paper: str) -> dict | None:
@@ -218,7 +221,8 @@ def build_table(published: dict, table: str, params: dict, paper: str, profile: 
         like_for_like = not deviations
         footnotes = deviations + ([f"n = {config['seeds']} seeds here vs {paper_n} in the paper"]
                                   if config.get("seeds", paper_n) < paper_n else [])
-    runs = [r for r in results if r["table"] == table]
+    runs, stale, stale_check = current_runs(table, params, paper, profile,
+                                            [r for r in results if r["table"] == table])
     ours_stats = aggregate(runs)
     cells = []
     for setting, by_method in spec["results"].items():
@@ -234,7 +238,25 @@ def build_table(published: dict, table: str, params: dict, paper: str, profile: 
             else:
                 verdict = ordering_verdict(method, theirs, ours, paper_base, ours_stats.get((table, setting, "base")))
             cells.append(Cell(setting, method, theirs, ours, verdict, method in spec.get("our_variants", {})))
-    return TableReport(table, spec["title"], like_for_like, footnotes, cells, runs)
+    return TableReport(table, spec["title"], like_for_like, footnotes, cells, runs, stale, stale_check)
+
+
+def current_runs(table: str, params: dict, paper: str, profile: str,
+                 runs: list[dict]) -> tuple[list[dict], list[dict], str]:
+    """Split a table's results into those of the current params and stale ones (another config hash,
+    e.g. params edited after the run); the third item says why no check was possible, if so."""
+    if table_config_or_none(params, paper, profile, table) is None:
+        return runs, [], ""
+    try:
+        expected = current_hashes(params, paper, profile, table, runs)
+    except ConfigError as exc:
+        return runs, [], f"not checked against the current params ({exc})"
+    current = [r for r in runs if expected.get((r["setting"], r["method"], r["seed"])) == r["config_hash"]]
+    return current, [r for r in runs if r not in current], ""
+
+
+def table_config_or_none(params: dict, paper: str, profile: str, table: str) -> dict | None:
+    return params.get(paper, {}).get("profiles", {}).get(profile, {}).get(table)
 
 
 def _mean_std(stats: Stats | None) -> str:
@@ -267,6 +289,18 @@ def render_table_section(report: TableReport, published: dict, profile: str, fig
              _mean_std(c.ours), f"{c.ours.mean - c.paper.mean:+.2f}" if c.ours and c.ours.n else "—", c.verdict.text]
             for c in report.cells]
     lines = [f"## {report.table}: {report.title}", "", rule, "", *_markdown_table(COLUMNS, rows), ""]
+    if report.stale:
+        groups: dict[tuple[str, str], list[int]] = {}
+        for r in report.stale:
+            groups.setdefault((r["setting"], r["method"]), []).append(r["seed"])
+        listed = "; ".join(f"{setting} {method} seeds {', '.join(map(str, sorted(seeds)))}"
+                           for (setting, method), seeds in sorted(groups.items()))
+        lines += [f"Not counted: {len(report.stale)} result(s) made with another config than the current "
+                  f"`params.yaml` ({listed}). `repro run --paper {published.get('paper', 'hu19')} --table "
+                  f"{report.table} --replace-changed` re-runs them and keeps the old files as "
+                  "`seed<k>.superseded-<hash>.json`.", ""]
+    if report.stale_check:
+        lines += [f"Results {report.stale_check}.", ""]
     if any(c.ours and c.ours.n_diverged for c in report.cells):
         lines += ["Diverged runs: training stopped when a loss or meta-gradient became NaN/inf; such a run "
                   "counts with the test accuracy of its best dev epoch before the divergence (what the "

@@ -9,8 +9,10 @@ import pytest
 import yaml
 
 import pipelines.report as report
-from common.config import load_params
+from common.config import config_hash, load_params
 from common.results import RunKey, write_json_atomic
+from papers.hu19.tables import resolve_requirements
+from pipelines.grid import table_configs
 from pipelines.report import Stats, Verdict, like_for_like_verdict, ordering_verdict, seed_stats, table_deviations
 from tests.conftest import REPO
 
@@ -328,3 +330,28 @@ def test_our_variants_are_compared_with_the_method_they_vary(toy, tmp_path):
     (tmp_path / "papers" / "hu19" / "paper_tables.yaml").write_text(yaml.safe_dump(published, sort_keys=False))
     with pytest.raises(report.ConfigError, match="our_variants.m1x.of: 'nope' is not a method"):
         report.write_reports(toy, "cpu", log_tables=False)
+
+
+def test_results_of_an_older_config_are_not_counted(tmp_path):
+    """A result whose config hash differs from the current params (e.g. params edited after the
+    run) is listed, not averaged; base_val counts only while its base results are current."""
+    params = load_params(REPO / "params.yaml")
+    configs = {(c["method"], c["seed"]): c for c in table_configs(params, "hu19", "smoke", "table2")}
+
+    def result(method, seed, h, steps=3):
+        return {"paper": "hu19", "table": "table2", "setting": "not_pretrained", "method": method, "seed": seed,
+                "profile": "smoke", "config_hash": h, "git_sha": "a", "config": {}, "wall_s": 1.0,
+                "metrics": {"test_acc": 10.0 + seed, "best_dev_acc": 0.0, "best_epoch": 1, "steps_at_best": steps}}
+
+    bases = [result("base", s, config_hash(configs[("base", s)])) for s in (0, 1)]
+    base_val = result("base_val", 0, config_hash(resolve_requirements(configs[("base_val", 0)], bases)))
+    stale_ren = result("ren", 0, "0123456789abcdef")
+    published = report.load_published("hu19")
+    table = report.build_table(published, "table2", params, "hu19", "smoke", [*bases, base_val, stale_ren])
+    assert [r["method"] for r in table.stale] == ["ren"] and len(table.runs) == 3
+    text = report.render_table_section(table, published, "smoke", None)
+    assert "Not counted: 1 result(s) made with another config" in text and "not_pretrained ren seeds 0" in text
+
+    bases[1]["config_hash"] = "fedcba9876543210"             # a stale base makes its base_val stale too
+    table = report.build_table(published, "table2", params, "hu19", "smoke", [*bases, base_val])
+    assert sorted((r["method"], r["seed"]) for r in table.stale) == [("base", 1), ("base_val", 0)]
