@@ -168,90 +168,59 @@ def _adam_delta_math(g: Tensor, p: Tensor, m: Tensor, v: Tensor, l2: Tensor, dec
     return -lr_bc1 * m / ((v / bc2).clamp_min(torch.finfo(v.dtype).tiny).sqrt() + eps) - decoupled * p
 
 
-def _weighted_adam_lookahead(w: Tensor, g: Tensor, p: Tensor, m: Tensor, v: Tensor, *scalars: Tensor) -> Tensor:
-    """theta + sum_i w_i Delta_i of one flattened tensor (g [B, n]); fused, Delta is never stored."""
-    return p + (w[:, None] * _adam_delta_math(g, p, m, v, *scalars)).sum(0)
+class FusedAdamDelta:
+    """`_adam_delta_math` compiled into one pass over memory (torch.compile, CPU or GPU), compiled on
+    first use. On CPU the eager version makes ~10 passes over B x n floats and dominates the
+    per-example meta step of a BERT (8 x 22.7M floats: ~7 s eager vs ~0.8 s fused per 11.7M-float
+    tensor, measured here). After a compile/run failure (e.g. no C++ compiler for inductor) it stays
+    unavailable and callers use the eager math: same numbers, eager speed."""
 
-
-def _adam_delta_dots(G: Tensor, g: Tensor, p: Tensor, m: Tensor, v: Tensor, *scalars: Tensor) -> Tensor:
-    """<G, Delta_i> for every example i of one flattened tensor (g [B, n]), recomputing Delta."""
-    return (_adam_delta_math(g, p, m, v, *scalars) * G).sum(1)
-
-
-class FusedKernel:
-    """`fn` compiled into one pass over memory (torch.compile, CPU or GPU) on first use. On CPU the
-    eager per-example Adam math makes ~10 passes over B x n floats and dominates the meta step of a
-    BERT (8 x 22.7M floats: ~7 s eager vs ~0.8 s fused per 11.7M-float tensor, measured here); the
-    lookahead and the dot kernels also skip storing the [B, n] deltas (2-3x less memory traffic).
-    After a compile/run failure (e.g. no C++ compiler for inductor) the kernel stays unavailable
-    and `run` uses the eager `fn`: same numbers, eager speed."""
-
-    def __init__(self, fn, what: str) -> None:
-        self.fn, self.what = fn, what
+    def __init__(self) -> None:
         self._kernel = None
         self.available = True
 
     def __call__(self, *args: Tensor) -> Tensor:
         if self._kernel is None:
-            self._kernel = torch.compile(self.fn, dynamic=True)
+            self._kernel = torch.compile(_adam_delta_math, dynamic=True)
         return self._kernel(*args)
-
-    def run(self, *args: Tensor) -> Tensor:
-        """The compiled kernel if available, else (and from its first failure on) the eager `fn`."""
-        if self.available:
-            try:
-                return self(*args)
-            except Exception as exc:   # e.g. no C++ compiler for inductor
-                self.disable(exc)
-        return self.fn(*args)
 
     def disable(self, exc: Exception) -> None:
         self.available = False
-        log.warning("%s unavailable (%s: %s); using the eager computation", self.what, type(exc).__name__, exc)
+        log.warning("fused Adam deltas unavailable (%s: %s); using the eager computation", type(exc).__name__, exc)
 
 
-FUSED_ADAM_DELTA = FusedKernel(_adam_delta_math, "fused Adam deltas")
-FUSED_ADAM_LOOKAHEAD = FusedKernel(_weighted_adam_lookahead, "fused Adam lookahead")
-FUSED_ADAM_DOTS = FusedKernel(_adam_delta_dots, "fused Adam delta dots")
-
-
-def use_fused(g: Tensor, p: Tensor, fused: bool | None = None) -> bool:
-    """Whether the per-example Adam math of (g, p) runs compiled: `fused` None = for tensors of
-    >= FUSE_MIN_NUMEL elements unless REPRO_FUSED_ADAM=0, True = always, False = never; never while
-    a gradient must flow through the step."""
-    if torch.is_grad_enabled() and (g.requires_grad or p.requires_grad):
-        return False
-    if fused is None:
-        return os.environ.get("REPRO_FUSED_ADAM", "1") != "0" and p.numel() >= FUSE_MIN_NUMEL
-    return fused
-
-
-def adam_scalars(hp: AdamHyper, name: str, step: int, like: Tensor) -> list[Tensor]:
-    """The hyperparameters `_adam_delta_math` takes after (g, p, m, v), as 0-d tensors, for
-    parameter `name` at the optimizer's step count `step` (the delta is step `step + 1`)."""
-    b1, b2 = hp.betas
-    t = step + 1
-    bc1 = 1 - b1 ** t if hp.bias_correction else 1.0
-    bc2 = 1 - b2 ** t if hp.bias_correction else 1.0
-    decay = hp.decay(name)
-    return [torch.tensor(x, dtype=like.dtype, device=like.device) for x in
-            (0.0 if hp.decoupled else decay, hp.lr * decay if hp.decoupled else 0.0, b1, b2, hp.lr / bc1, bc2,
-             hp.eps)]
+FUSED_ADAM_DELTA = FusedAdamDelta()
 
 
 def adam_deltas(params: ParamDict, grads: ParamDict, exp_avg: ParamDict, exp_avg_sq: ParamDict, step: int,
                 hp: AdamHyper, fused: bool | None = None) -> ParamDict:
     """Delta_i: the Adam/AdamW update each example alone would cause from the current state.
-    `grads` holds per-example gradients [B, *shape] or one gradient [*shape]. `fused`: see `use_fused`
-    (2-D inputs, so one compiled kernel serves every parameter)."""
+    `grads` holds per-example gradients [B, *shape] or one gradient [*shape]. `fused`: None = the
+    compiled kernel for tensors of >= FUSE_MIN_NUMEL elements (REPRO_FUSED_ADAM=0 disables it),
+    True = always, False = never; never while a gradient must flow through the step."""
+    b1, b2 = hp.betas
+    t = step + 1
+    bc1 = 1 - b1 ** t if hp.bias_correction else 1.0
+    bc2 = 1 - b2 ** t if hp.bias_correction else 1.0
+    auto = fused is None and os.environ.get("REPRO_FUSED_ADAM", "1") != "0"
     deltas = {}
     for n, g in grads.items():
-        p, m, v, scalars = params[n], exp_avg[n], exp_avg_sq[n], adam_scalars(hp, n, step, g)
-        if use_fused(g, p, fused):
-            flat = FUSED_ADAM_DELTA.run(g.reshape(-1, p.numel()), p.reshape(-1), m.reshape(-1), v.reshape(-1), *scalars)
-            deltas[n] = flat.reshape(g.shape)
-        else:
-            deltas[n] = _adam_delta_math(g, p, m, v, *scalars)
+        p = params[n]
+        decay = hp.decay(n)
+        scalars = [torch.tensor(x, dtype=g.dtype, device=g.device) for x in
+                   (0.0 if hp.decoupled else decay, hp.lr * decay if hp.decoupled else 0.0, b1, b2, hp.lr / bc1, bc2,
+                    hp.eps)]
+        differentiable = torch.is_grad_enabled() and (g.requires_grad or p.requires_grad)
+        use_fused = not differentiable and (fused is True or (auto and g.numel() >= FUSE_MIN_NUMEL))
+        if use_fused and FUSED_ADAM_DELTA.available:   # 2-D, so one compiled kernel serves every parameter
+            try:
+                flat = FUSED_ADAM_DELTA(g.reshape(-1, p.numel()), p.reshape(-1), exp_avg[n].reshape(-1),
+                                        exp_avg_sq[n].reshape(-1), *scalars)
+                deltas[n] = flat.reshape(g.shape)
+                continue
+            except Exception as exc:   # e.g. no C++ compiler for inductor: same numbers, eager speed
+                FUSED_ADAM_DELTA.disable(exc)
+        deltas[n] = _adam_delta_math(g, p, exp_avg[n], exp_avg_sq[n], *scalars)
     return deltas
 
 
@@ -274,14 +243,8 @@ def adam_meta_gradient(model: nn.Module, params: ParamDict, buffers: ParamDict, 
         rest = {n: p for n, p in params.items() if n != table}
         rows, grads, row_grads, order = per_example_grads_token_rows(model, rest, params[table], table, buffers, x, y)
         w = w[order]      # the examples in the order of their gradients; undone on return
-    # Large tensors: theta' and <G, Delta_i> each in one fused pass, the [B, n] deltas never stored.
-    fused = {n: (g.reshape(len(w), -1), params[n].reshape(-1), exp_avg[n].reshape(-1), exp_avg_sq[n].reshape(-1),
-                 *adam_scalars(hp, n, step, g)) for n, g in grads.items() if use_fused(g, params[n])}
-    deltas = adam_deltas(params, {n: g for n, g in grads.items() if n not in fused}, exp_avg, exp_avg_sq, step, hp)
+    deltas = adam_deltas(params, grads, exp_avg, exp_avg_sq, step, hp)
     lookahead = {n: params[n] + torch.tensordot(w, d, dims=1) for n, d in deltas.items()}
-    w_flat = w.to(next(iter(params.values())).dtype)
-    lookahead.update({n: FUSED_ADAM_LOOKAHEAD.run(w_flat, *args).reshape(params[n].shape)
-                      for n, args in fused.items()})
     if table is not None:
         E, m, v = params[table], exp_avg[table], exp_avg_sq[table]
         delta0 = adam_deltas({table: E}, {table: torch.zeros_like(E)}, {table: m}, {table: v}, step, hp)[table]
@@ -290,7 +253,6 @@ def adam_meta_gradient(model: nn.Module, params: ParamDict, buffers: ParamDict, 
         lookahead[table] = (E + w.sum() * delta0).index_add_(0, rows, torch.tensordot(w, corrections, dims=1))
     _, g_dev = dev_loss_grad(model, lookahead, buffers, dev_x, dev_y)
     dots = sum(d.reshape(len(w), -1) @ g_dev[n].reshape(-1) for n, d in deltas.items())   # <G, Delta_i>, one gemv each
-    dots = dots + sum(FUSED_ADAM_DOTS.run(g_dev[n].reshape(-1), *args) for n, args in fused.items())
     if table is not None:
         G = g_dev[table]
         dots = dots + torch.vdot(G.flatten(), delta0.flatten()) + corrections.reshape(len(w), -1) @ G[rows].reshape(-1)

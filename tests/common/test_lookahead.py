@@ -169,22 +169,3 @@ def test_fused_adam_deltas_equal_the_eager_ones():
         fused = adam_deltas(params, grads, m, v, 3, hp, fused=True)
         for n in params:
             torch.testing.assert_close(fused[n], eager[n], rtol=1e-5, atol=1e-9)
-
-
-@pytest.mark.parametrize("opt_cls", [torch.optim.Adam, torch.optim.AdamW])
-def test_fused_lookahead_and_dots_equal_the_stored_delta_path(problem, opt_cls, monkeypatch):
-    """Large tensors take theta' and <G, Delta_i> from fused kernels that never store the deltas;
-    forced onto every tensor here, the meta-gradient equals the eager path's."""
-    import common.lookahead as lookahead
-
-    x, y, dev_x, dev_y = problem
-    model, opt = trained(opt_cls, x, y, lr=0.01, weight_decay=0.01)
-    w = torch.rand(6, dtype=torch.float64)
-    monkeypatch.setenv("REPRO_FUSED_ADAM", "0")
-    eager = lookahead_meta_gradient(model, opt, x, y, dev_x, dev_y, w)
-    monkeypatch.setenv("REPRO_FUSED_ADAM", "1")
-    monkeypatch.setattr(lookahead, "FUSE_MIN_NUMEL", 1)
-    fused = lookahead_meta_gradient(model, opt, x, y, dev_x, dev_y, w)
-    for kernel in (lookahead.FUSED_ADAM_LOOKAHEAD, lookahead.FUSED_ADAM_DOTS):
-        assert kernel.available and kernel._kernel is not None, f"{kernel.what} was not used"
-    torch.testing.assert_close(fused, eager, rtol=1e-7, atol=1e-12)
