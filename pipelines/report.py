@@ -308,7 +308,9 @@ def render_table_section(report: TableReport, published: dict, profile: str, fig
                   "Epochs: " + ", ".join(f"{r['setting']} {r['method']} seed {r['seed']} at {r['diverged']['epoch']}"
                                          + (f" (max phi {r['metrics']['phi_max']:.3g})"
                                             if r["metrics"].get("phi_max") is not None else "")
-                                         for r in report.runs if r.get("diverged")) + ".", ""]
+                                         for r in sorted(report.runs, key=lambda r: (r["setting"], r["method"],
+                                                                                     r["seed"]))
+                                         if r.get("diverged")) + ".", ""]
         if any(r.get("diverged") and r["method"] == "ours_weight" for r in report.runs):
             lines += ["Why `ours_weight` diverges: as in the official code, the lookahead uses the raw persistent "
                       "weights, theta' = theta + sum_i phi_i Delta_i, not the normalised ones of Eq. 12; an "
