@@ -29,8 +29,9 @@ def test_dvc_repro_smoke_end_to_end(tmp_path, mirror):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     results = sorted((work / "results/smoke/hu19").glob("*/*/*/seed*.json"))
-    # table2: 4 methods x 2 seeds; table4: 5 x 2; table1 (text, sst5 only): 7 x 2; table3 (ratio_20): 5 x 2
-    assert len(results) == 8 + 10 + 14 + 10
+    # table2: 4 methods x 2 seeds; table4: 6 x 2 (with our variant); table1 (text, sst5 only): 7 x 2;
+    # table3 (ratio_20): 5 x 2
+    assert len(results) == 8 + 12 + 14 + 10
     report = (work / "reports/hu19.md").read_text()
     assert "Numbers produced by the `smoke` profile" in report
     assert "| Not-Pretrained | Base model: ResNet-34 |" in report and "| 20 : 1000 | Proportion |" in report
