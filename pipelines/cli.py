@@ -1,7 +1,8 @@
-"""`repro` command line: prepare, run, report, sync-mlflow, bench, mlm.
+"""`repro` command line: prepare, run, status, report, sync-mlflow, bench, mlm.
 
     repro run --paper hu19 --table table2 --method base --seed 0     # one run by hand
     repro run --paper hu19 --table table2                            # the whole grid, resumable
+    repro status                                                     # what each grid still needs, est. time
     repro report                                                     # reports/ from committed results
     repro mlm                                                        # the MLM of the text backbone (hu19 CBERT)
 """
@@ -55,6 +56,34 @@ def cmd_run(args) -> int:
     for label, error in report.failed.items():
         print(f"FAILED {label}: {error.strip().splitlines()[-1]}", file=sys.stderr)
     return 1 if report.failed else 0
+
+
+def cmd_status(args) -> int:
+    """Per table and cell: finished, missing and stale runs, and a rough time estimate."""
+    from pipelines.grid import grid_status
+
+    params = load_params(args.params)
+    profile = _profile(args, params)
+    cells = grid_status(params, args.paper, profile, _tables(args, params, profile))
+    workers = int(params["base"]["runner"].get("workers", 1))
+
+    def hours(seconds):
+        return "?" if seconds is None else f"{seconds / 3600:.1f}"
+
+    print(f"{args.paper} ({profile}): runs per cell; estimates (core-hours) from the median wall time of "
+          "finished runs of the same method")
+    print(f"{'table':8} {'setting':16} {'method':18} {'done':>5} {'missing':>8} {'stale':>6} {'est. h':>7}")
+    for c in cells:
+        print(f"{c.table:8} {c.setting:16} {c.method:18} {c.done:5d} {c.missing:8d} {c.stale:6d} {hours(c.est_s):>7}")
+    for table in dict.fromkeys(c.table for c in cells):
+        mine = [c for c in cells if c.table == table]
+        todo = sum(c.missing + c.stale for c in mine)
+        known = [c.est_s for c in mine if c.est_s is not None]
+        unknown = sum(c.missing + c.stale for c in mine if c.est_s is None)
+        print(f"{table}: {sum(c.done for c in mine)} done, {todo} to run; about {hours(sum(known))} core-hours "
+              f"(~{hours(sum(known) / max(workers, 1))} h on {workers} worker(s))"
+              + (f", plus {unknown} run(s) of methods with no finished run yet" if unknown else ""))
+    return 0
 
 
 def cmd_report(args) -> int:
@@ -172,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="archive results whose config changed and run them again")
     p.add_argument("--dry-run", action="store_true", help="list what would run")
     p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("status", help="finished / missing / stale runs per cell, with time estimates")
+    common(p)
+    p.set_defaults(fn=cmd_status)
     p = sub.add_parser("report", help="aggregate committed results into reports/")
     p.add_argument("--profile")
     p.add_argument("--no-tracking", action="store_true", help="do not log table summaries to MLflow")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from common.config import config_hash, data_mirror, table_config
@@ -40,6 +41,45 @@ def current_hashes(params: dict, paper: str, profile: str, table: str, results: 
             hashes[(c["setting"], c["method"], c["seed"])] = (config_hash(module.resolve_requirements(c, deps))
                                                               if current else None)
     return hashes
+
+
+@dataclass
+class CellStatus:
+    """Progress of one (table, setting, method) of a grid."""
+    table: str
+    setting: str
+    method: str
+    done: int
+    missing: int
+    stale: int                 # a result exists but with another config hash (see `repro run --replace-changed`)
+    est_s: float | None        # estimated seconds (one core) for the missing and stale runs
+
+
+def grid_status(params: dict, paper: str, profile: str, tables: list[str]) -> list[CellStatus]:
+    """What a grid still needs, per cell, with a time estimate: the median wall time of the finished
+    runs of the same method in the table (any setting), else None. Finished runs ran under whatever
+    load the machine had, so the estimate is rough."""
+    results = collect_results(Path(params["base"]["results_dir"]), profile, paper)
+    cells = []
+    for table in tables:
+        runs = [r for r in results if r["table"] == table]
+        expected = current_hashes(params, paper, profile, table, runs)
+        found = {(r["setting"], r["method"], r["seed"]): r for r in runs}
+        by_cell: dict[tuple[str, str], list[str]] = {}
+        for c in table_configs(params, paper, profile, table):
+            key = (c["setting"], c["method"], c["seed"])
+            result = found.get(key)
+            state = ("missing" if result is None else
+                     "done" if result["config_hash"] == expected.get(key) else "stale")
+            by_cell.setdefault((c["setting"], c["method"]), []).append(state)
+        for (setting, method), states in by_cell.items():
+            walls = sorted(float(r["wall_s"]) for r in runs
+                           if r["method"] == method and r["config_hash"] == expected.get((r["setting"], method, r["seed"])))
+            todo = len(states) - states.count("done")
+            est = todo * walls[len(walls) // 2] if walls else (0.0 if todo == 0 else None)
+            cells.append(CellStatus(table, setting, method, states.count("done"), states.count("missing"),
+                                    states.count("stale"), est))
+    return cells
 
 
 def select(configs: list[dict], setting: str | None, method: str | None, seed: int | None) -> list[dict]:

@@ -1,0 +1,35 @@
+"""`repro status`: finished / missing / stale runs per cell and the time estimate."""
+import yaml
+
+from common.config import config_hash, load_params
+from common.results import RunKey, write_json_atomic
+from pipelines import cli
+from pipelines.grid import grid_status, table_configs
+from tests.conftest import REPO
+
+
+def test_status_counts_runs_and_estimates_from_finished_ones(tmp_path, capsys):
+    params = load_params(REPO / "params.yaml")
+    params["base"].update(results_dir=str(tmp_path / "results"), profile="smoke")
+    configs = {(c["method"], c["seed"]): c for c in table_configs(params, "hu19", "smoke", "table2")}
+
+    def write(method, seed, h, wall):
+        write_json_atomic(RunKey("hu19", "table2", "not_pretrained", method, seed).path(tmp_path / "results", "smoke"),
+                          {"paper": "hu19", "table": "table2", "setting": "not_pretrained", "method": method,
+                           "seed": seed, "profile": "smoke", "config_hash": h, "git_sha": "a", "wall_s": wall,
+                           "finished_at": "2026-01-01T00:00:00+00:00",
+                           "metrics": {"test_acc": 20.0, "steps_at_best": 2}})
+
+    write("base", 0, config_hash(configs[("base", 0)]), 100.0)
+    write("ren", 0, config_hash(configs[("ren", 0)]), 400.0)
+    write("ren", 1, "0123456789abcdef", 50.0)                   # another config: stale, not a timing sample
+    cells = {c.method: c for c in grid_status(params, "hu19", "smoke", ["table2"])}
+    assert (cells["base"].done, cells["base"].missing, cells["base"].stale, cells["base"].est_s) == (1, 1, 0, 100.0)
+    assert (cells["ren"].done, cells["ren"].missing, cells["ren"].stale, cells["ren"].est_s) == (1, 0, 1, 400.0)
+    assert cells["ours_weight"].est_s is None and cells["ours_weight"].missing == 2
+
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    assert cli.main(["--params", str(params_file), "status", "--table", "table2"]) == 0
+    out = capsys.readouterr().out
+    assert "table2: 2 done, 6 to run; about 0.1 core-hours" in out and "plus 4 run(s)" in out
