@@ -221,7 +221,7 @@ def build_table(published: dict, table: str, params: dict, paper: str, profile: 
         like_for_like = not deviations
         footnotes = deviations + ([f"n = {config['seeds']} seeds here vs {paper_n} in the paper"]
                                   if config.get("seeds", paper_n) < paper_n else [])
-    runs, stale, stale_check = current_runs(table, params, paper, profile,
+    runs, stale, stale_check = current_runs(table, config, params, paper, profile,
                                             [r for r in results if r["table"] == table])
     ours_stats = aggregate(runs)
     cells = []
@@ -241,22 +241,19 @@ def build_table(published: dict, table: str, params: dict, paper: str, profile: 
     return TableReport(table, spec["title"], like_for_like, footnotes, cells, runs, stale, stale_check)
 
 
-def current_runs(table: str, params: dict, paper: str, profile: str,
+def current_runs(table: str, config: dict | None, params: dict, paper: str, profile: str,
                  runs: list[dict]) -> tuple[list[dict], list[dict], str]:
     """Split a table's results into those of the current params and stale ones (another config hash,
-    e.g. params edited after the run); the third item says why no check was possible, if so."""
-    if table_config_or_none(params, paper, profile, table) is None:
+    e.g. params edited after the run); the third item says why no check was possible, if so.
+    `config`: the table's block in the profile (None: not configured, nothing to check against)."""
+    if config is None:
         return runs, [], ""
     try:
         expected = current_hashes(params, paper, profile, table, runs)
     except ConfigError as exc:
         return runs, [], f"not checked against the current params ({exc})"
-    current = [r for r in runs if expected.get((r["setting"], r["method"], r["seed"])) == r["config_hash"]]
-    return current, [r for r in runs if r not in current], ""
-
-
-def table_config_or_none(params: dict, paper: str, profile: str, table: str) -> dict | None:
-    return params.get(paper, {}).get("profiles", {}).get(profile, {}).get(table)
+    is_current = [expected.get((r["setting"], r["method"], r["seed"])) == r["config_hash"] for r in runs]
+    return ([r for r, ok in zip(runs, is_current) if ok], [r for r, ok in zip(runs, is_current) if not ok], "")
 
 
 def _mean_std(stats: Stats | None) -> str:
