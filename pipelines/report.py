@@ -231,13 +231,16 @@ def build_table(published: dict, table: str, params: dict, paper: str, profile: 
         for method, published_cell in by_method.items():
             theirs = Stats(paper_n, published_cell["mean"], published_cell["std"])
             ours = ours_stats.get((table, setting, method))
+            variant = method in spec.get("our_variants", {})
+            if variant and ours is None and config is not None and method not in config.get("methods", []):
+                continue  # our variant, not planned in this profile: no row
             if ours is None:
                 verdict = Verdict("NOT RUN", ": " + not_run_reason(config, setting, method, profile))
             elif like_for_like:
                 verdict = like_for_like_verdict(theirs, ours)
             else:
                 verdict = ordering_verdict(method, theirs, ours, paper_base, ours_stats.get((table, setting, "base")))
-            cells.append(Cell(setting, method, theirs, ours, verdict, method in spec.get("our_variants", {})))
+            cells.append(Cell(setting, method, theirs, ours, verdict, variant))
     return TableReport(table, spec["title"], like_for_like, footnotes, cells, runs, stale, stale_check)
 
 

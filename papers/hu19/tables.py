@@ -38,14 +38,15 @@ class TableDef:
 
 TABLES = {
     "table1": TableDef(("sst5", "imdb", "trec"),
-                       ("base", "base_val", "synonym", "fixed_aug", "ours_aug", "ren", "ours_weight"),
+                       ("base", "base_val", "synonym", "fixed_aug", "ours_aug", "ren", "ours_weight", "ours_weight_eq12"),
                        "Low-data text classification (SST-5 40+2, IMDB/TREC 40+5 per class), augmentation and weighting"),
     "table2": TableDef(("pretrained", "not_pretrained"), ("base", "base_val", "ren", "ours_weight", "ours_weight_eq12"),
                        "CIFAR-10 low data (40+2 per class), data weighting"),
     "table4": TableDef(("ratio_20", "ratio_50", "ratio_100"),
                        ("base", "base_val", "proportion", "ren", "ours_weight", "ours_weight_eq12"),
                        "Imbalanced CIFAR-10 (class 0 minority vs class 1 x1000), data weighting"),
-    "table3": TableDef(("ratio_20", "ratio_50", "ratio_100"), ("base", "base_val", "proportion", "ren", "ours_weight"),
+    "table3": TableDef(("ratio_20", "ratio_50", "ratio_100"), ("base", "base_val", "proportion", "ren", "ours_weight",
+                                                             "ours_weight_eq12"),
                        "Imbalanced SST-2 (label 0 minority vs label 1 x1000), data weighting"),
 }
 TEXT_TABLES = ("table1", "table3")

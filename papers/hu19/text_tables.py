@@ -31,7 +31,7 @@ from common.text_models import (adam_optimizer, adamw_param_groups, build_text_c
                                 load_tokenizer)
 from common.token_batches import trim_padding
 from common.training import ArrayData, Batch, fit_fixed_steps, fit_with_dev_selection, resolve_device
-from papers.hu19.weighting import WeightingConfig, WeightingMethod, weighted_step
+from papers.hu19.weighting import PERSISTENT_WEIGHT_METHODS, WeightingConfig, WeightingMethod, weighted_step
 
 PAPER = "hu19"
 log = logging.getLogger("repro.hu19.text")
@@ -60,12 +60,12 @@ def validate_text_table_config(table: str, cfg: dict, where: str, tables: dict) 
         raise ConfigError(f"{where}.methods: unknown method(s) {bad} for {table}; "
                           f"expected a subset of {list(tables[table].methods)}")
     methods = set(cfg["methods"])
-    for block, types, needed in (("weighting", TEXT_WEIGHTING_TYPES, {"ren", "ours_weight"}),
+    for block, types, needed in (("weighting", TEXT_WEIGHTING_TYPES, {"ren", *PERSISTENT_WEIGHT_METHODS}),
                                  ("augmentation", AUGMENTATION_TYPES, set(AUGMENTATION_METHODS)),
                                  ("synonym", SYNONYM_TYPES, {"synonym"})):
         value = cfg.get(block, {})
         required = tuple(types) if methods & needed and block != "weighting" else ()
-        if block == "weighting" and "ours_weight" in methods:
+        if block == "weighting" and methods & set(PERSISTENT_WEIGHT_METHODS):
             required = ("w_init", "w_decay", "norm", "softmax_temp")
         check_block(value, types, f"{where}.{block}", required)
     for name, setting in cfg["settings"].items():
@@ -103,11 +103,11 @@ def text_run_config(table, setting, method, seed, cfg, profile) -> dict[str, Any
     else:
         config["classes"] = None           # every class of the dataset (resolved at run time)
         config["train_counts_per_class"] = s["train_per_class"]
-    if method in ("ren", "ours_weight"):
+    if method in ("ren", *PERSISTENT_WEIGHT_METHODS):
         weighting = dict(cfg.get("weighting", {}))
         config["pretrain_epochs"] = weighting.get("pretrain_epochs", 0)
         config["min_epochs"] = weighting.get("min_epochs", config["min_epochs"])
-        if method == "ours_weight":
+        if method in PERSISTENT_WEIGHT_METHODS:
             config["weighting"] = {k: weighting[k] for k in ("w_init", "w_decay", "norm", "softmax_temp")}
             if "w_decay" in s:
                 config["weighting"]["w_decay"] = s["w_decay"]

@@ -332,6 +332,19 @@ def test_our_variants_are_compared_with_the_method_they_vary(toy, tmp_path):
         report.write_reports(toy, "cpu", log_tables=False)
 
 
+def test_a_variant_gets_a_row_only_where_a_profile_plans_it():
+    """hu19 table3 lists ours_weight_eq12 as our variant: the smoke profile runs it (a NOT RUN row
+    until it has results), the cpu profile does not (no row at all, rather than a NOT RUN cell)."""
+    params, published = load_params(REPO / "params.yaml"), report.load_published("hu19")
+    assert "ours_weight_eq12" in params["hu19"]["profiles"]["smoke"]["table3"]["methods"]
+    assert "ours_weight_eq12" not in params["hu19"]["profiles"]["cpu"]["table3"]["methods"]
+    smoke = report.build_table(published, "table3", params, "hu19", "smoke", [])
+    cpu = report.build_table(published, "table3", params, "hu19", "cpu", [])
+    assert [c.verdict.kind for c in smoke.cells if c.method == "ours_weight_eq12"] == ["NOT RUN"] * 3
+    assert not [c for c in cpu.cells if c.method == "ours_weight_eq12"]
+    assert {c.method for c in cpu.cells} == {"base", "base_val", "proportion", "ren", "ours_weight"}
+
+
 def test_results_of_an_older_config_are_not_counted(tmp_path):
     """A result whose config hash differs from the current params (e.g. params edited after the
     run) is listed, not averaged; base_val counts only while its base results are current."""
