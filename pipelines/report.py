@@ -87,6 +87,7 @@ class TableReport:
     runs: list[dict]
     stale: list[dict] = dataclasses.field(default_factory=list)   # results of an older config: not counted
     stale_check: str = ""          # why results could not be checked against the current config, if so
+    ours_stats: dict = dataclasses.field(default_factory=dict)   # (table, setting, method) -> Stats, every method
 
 
 def load_published(paper: str) -> dict | None:
@@ -97,6 +98,8 @@ def load_published(paper: str) -> dict | None:
         return None
     published = yaml.safe_load(path.read_text())
     published["tables"] = {name: with_variants(spec) for name, spec in published.get("tables", {}).items()}
+    for name, spec in published["tables"].items():
+        validate_stated_in_text(name, spec)
     return published
 
 
@@ -241,7 +244,7 @@ def build_table(published: dict, table: str, params: dict, paper: str, profile: 
             else:
                 verdict = ordering_verdict(method, theirs, ours, paper_base, ours_stats.get((table, setting, "base")))
             cells.append(Cell(setting, method, theirs, ours, verdict, variant))
-    return TableReport(table, spec["title"], like_for_like, footnotes, cells, runs, stale, stale_check)
+    return TableReport(table, spec["title"], like_for_like, footnotes, cells, runs, stale, stale_check, ours_stats)
 
 
 def current_runs(table: str, config: dict | None, params: dict, paper: str, profile: str,
@@ -320,6 +323,7 @@ def render_table_section(report: TableReport, published: dict, profile: str, fig
     if notes:
         lines += ["Notes on the published numbers:", "", *[f"- {note}" for note in notes], ""]
     lines += render_orderings(report, spec)
+    lines += render_stated_in_text(report, spec)
     if report.table == "table1":
         lines += render_figure2(published, [r for r in report.runs if r["method"] == "ours_aug"])
     if report.footnotes:
@@ -332,6 +336,20 @@ def render_table_section(report: TableReport, published: dict, profile: str, fig
     return "\n".join(lines)
 
 
+def ordering_check(a: Stats | None, b: Stats | None) -> tuple[str, str]:
+    """Does `a > b` hold on our numbers, and beyond two standard errors of the difference?
+    (numbers, verdict); PENDING while either side has fewer than 2 runs."""
+    if not a or not b or a.n < 2 or b.n < 2:
+        return "—", "PENDING"
+    diff = a.mean - b.mean
+    se = math.sqrt(a.std ** 2 / a.n + b.std ** 2 / b.n)
+    if diff > 0:
+        verdict = "holds" + ("" if diff > 2 * se else " (within 2 SE)")
+    else:
+        verdict = "does NOT hold" + ("" if -diff > 2 * se else " (within 2 SE)")
+    return f"{a.mean:.2f} vs {b.mean:.2f} ({diff:+.2f} ± {2 * se:.2f})", verdict
+
+
 def ordering_rows(report: TableReport, spec: dict) -> list[list[str]]:
     """The paper's claims `higher > lower` per setting: does it hold on our numbers, and beyond noise?"""
     ours = {(c.setting, c.method): c.ours for c in report.cells}
@@ -340,21 +358,48 @@ def ordering_rows(report: TableReport, spec: dict) -> list[list[str]]:
         for setting in spec["settings"]:
             a, b = ours.get((setting, higher)), ours.get((setting, lower))
             paper_holds = spec["results"][setting][higher]["mean"] > spec["results"][setting][lower]["mean"]
-            claim = f"{higher} > {lower}"
             if a is None and b is None:
                 continue                     # setting not run in this profile
-            if not a or not b or a.n < 2 or b.n < 2:
-                rows.append([spec["settings"][setting]["label"], claim, "yes" if paper_holds else "no", "—", "PENDING"])
-                continue
-            diff = a.mean - b.mean
-            se = math.sqrt(a.std ** 2 / a.n + b.std ** 2 / b.n)
-            if diff > 0:
-                verdict = "holds" + ("" if diff > 2 * se else " (within 2 SE)")
-            else:
-                verdict = "does NOT hold" + ("" if -diff > 2 * se else " (within 2 SE)")
-            rows.append([spec["settings"][setting]["label"], claim, "yes" if paper_holds else "no",
-                         f"{a.mean:.2f} vs {b.mean:.2f} ({diff:+.2f} ± {2 * se:.2f})", verdict])
+            rows.append([spec["settings"][setting]["label"], f"{higher} > {lower}", "yes" if paper_holds else "no",
+                         *ordering_check(a, b)])
     return rows
+
+
+def validate_stated_in_text(table: str, spec: dict) -> None:
+    """`stated_in_text` ({method: {label, value, source, orderings}}): results the paper gives only in
+    its text (no table cell, no std). Each ordering pair must name the stated method."""
+    for method, entry in (spec.get("stated_in_text") or {}).items():
+        where = f"paper_tables.yaml: tables.{table}.stated_in_text.{method}"
+        missing = [k for k in ("label", "value", "source", "orderings") if k not in (entry or {})]
+        if missing:
+            raise ConfigError(f"{where}: missing {missing}; expected label, value, source and orderings")
+        for pair in entry["orderings"]:
+            if not (isinstance(pair, list) and len(pair) == 2 and method in pair):
+                raise ConfigError(f"{where}.orderings: {pair!r}; expected [higher, lower] pairs naming {method!r}")
+
+
+def render_stated_in_text(report: TableReport, spec: dict) -> list[str]:
+    """Our numbers for methods the paper reports only in its text, and its claims about them. Not
+    verdict cells (there is no published mean ± std), so never in the scoreboard."""
+    stated = spec.get("stated_in_text") or {}
+    rows, claims = [], []
+    for method, entry in stated.items():
+        for setting in spec["settings"]:
+            ours = report.ours_stats.get((report.table, setting, method))
+            if ours is None:
+                continue
+            label = spec["settings"][setting]["label"]
+            rows.append([label, entry["label"], entry["value"], _mean_std(ours)])
+            for higher, lower in entry["orderings"]:
+                a = report.ours_stats.get((report.table, setting, higher))
+                b = report.ours_stats.get((report.table, setting, lower))
+                claims.append([label, f"{higher} > {lower}", *ordering_check(a, b)])
+    if not rows:
+        return []
+    sources = "; ".join(f"{entry['label']}: {entry['source']}" for entry in stated.values())
+    return ["Stated in the paper's text only (no table cell or std, so no verdict cell and not in the scoreboard; "
+            f"{sources}):", "", *_markdown_table(["setting", "method", "paper (text)", "ours mean ± std (n)"], rows),
+            "", *_markdown_table(["setting", "paper's claim (text)", "ours (Δ ± 2 SE)", "on our numbers"], claims), ""]
 
 
 def render_orderings(report: TableReport, spec: dict) -> list[str]:

@@ -46,7 +46,7 @@ TABLES = {
                        ("base", "base_val", "proportion", "ren", "ours_weight", "ours_weight_eq12"),
                        "Imbalanced CIFAR-10 (class 0 minority vs class 1 x1000), data weighting"),
     "table3": TableDef(("ratio_20", "ratio_50", "ratio_100"), ("base", "base_val", "proportion", "ren", "ours_weight",
-                                                             "ours_weight_eq12"),
+                                                             "ours_weight_eq12", "ours_aug"),
                        "Imbalanced SST-2 (label 0 minority vs label 1 x1000), data weighting"),
 }
 TEXT_TABLES = ("table1", "table3")

@@ -332,6 +332,34 @@ def test_our_variants_are_compared_with_the_method_they_vary(toy, tmp_path):
         report.write_reports(toy, "cpu", log_tables=False)
 
 
+def test_a_result_stated_only_in_the_text_is_shown_and_its_claims_checked(toy, tmp_path):
+    """`stated_in_text`: our runs of a method the paper reports only in prose get their own rows and
+    ordering checks under the table, but no verdict cell and no scoreboard entry."""
+    published = json.loads(json.dumps(PUBLISHED))
+    published["tables"]["t2"]["stated_in_text"] = {"aug": {
+        "label": "Augmentation", "value": "around 50", "source": "Sec. 9", "orderings": [["m1", "aug"]]}}
+    (tmp_path / "papers" / "hu19" / "paper_tables.yaml").write_text(yaml.safe_dump(published, sort_keys=False))
+    for seed, acc in enumerate([50.0, 52.0]):       # r1: m1 is 46 ± 1, so m1 > aug does NOT hold
+        write_json_atomic(RunKey("hu19", "t2", "r1", "aug", seed).path(tmp_path / "results", "cpu"), {
+            "paper": "hu19", "table": "t2", "setting": "r1", "method": "aug", "seed": seed, "profile": "cpu",
+            "config_hash": "h", "git_sha": "ccc", "config": {}, "wall_s": 10.0, "finished_at": "2024-01-01",
+            "metrics": {"test_acc": acc, "best_dev_acc": 0.0, "best_epoch": 1, "steps_at_best": 1}})
+    report.write_reports(toy, "cpu", log_tables=False)
+    markdown = (tmp_path / "reports" / "hu19.md").read_text()
+    text = section(markdown, "t2")
+    assert "Augmentation: Sec. 9" in text
+    assert "| R one | Augmentation | around 50 | 51.00 ± 1.00 (2) |" in text
+    assert "| R one | m1 > aug | 46.00 vs 51.00 (-5.00 ± 2.00) | does NOT hold |" in text
+    # only its own two-number row: no verdict cell
+    assert verdict_rows(markdown, "t2")[("R one", "Augmentation")] == ["around 50", "51.00 ± 1.00 (2)"]
+    index = (tmp_path / "reports" / "index.md").read_text()       # same scoreboard as without it
+    assert "| hu19 | t2 | cpu | no | 0 | 1 | 1 | 1 | 4 | [hu19.md](hu19.md) |" in index
+    published["tables"]["t2"]["stated_in_text"]["aug"]["orderings"] = [["m1", "base"]]
+    (tmp_path / "papers" / "hu19" / "paper_tables.yaml").write_text(yaml.safe_dump(published, sort_keys=False))
+    with pytest.raises(report.ConfigError, match=r"t2.stated_in_text.aug.orderings: \['m1', 'base'\]"):
+        report.write_reports(toy, "cpu", log_tables=False)
+
+
 def test_a_variant_gets_a_row_only_where_a_profile_plans_it():
     """hu19 table3 lists ours_weight_eq12 as our variant: the smoke profile runs it (a NOT RUN row
     until it has results), the cpu profile does not (no row at all, rather than a NOT RUN cell)."""
