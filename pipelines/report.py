@@ -356,7 +356,9 @@ def ordering_rows(report: TableReport, spec: dict) -> list[list[str]]:
     rows = []
     for higher, lower in spec.get("orderings", []):
         for setting in spec["settings"]:
-            a, b = ours.get((setting, higher)), ours.get((setting, lower))
+            if (setting, higher) not in ours or (setting, lower) not in ours:
+                continue                     # a variant this profile does not plan (no row)
+            a, b = ours[(setting, higher)], ours[(setting, lower)]
             paper_holds = spec["results"][setting][higher]["mean"] > spec["results"][setting][lower]["mean"]
             if a is None and b is None:
                 continue                     # setting not run in this profile

@@ -366,11 +366,18 @@ def test_a_variant_gets_a_row_only_where_a_profile_plans_it():
     params, published = load_params(REPO / "params.yaml"), report.load_published("hu19")
     assert "ours_weight_eq12" in params["hu19"]["profiles"]["smoke"]["table3"]["methods"]
     assert "ours_weight_eq12" not in params["hu19"]["profiles"]["cpu"]["table3"]["methods"]
+    configs = {(c["setting"], c["method"], c["seed"]): c for c in table_configs(params, "hu19", "cpu", "table3")}
+    runs = [{"paper": "hu19", "table": "table3", "setting": "ratio_20", "method": m, "seed": seed, "profile": "cpu",
+             "config_hash": config_hash(configs[("ratio_20", m, seed)]), "git_sha": "a", "config": {}, "wall_s": 1.0,
+             "metrics": {"test_acc": 50.0 + seed, "best_dev_acc": 0.0, "best_epoch": 1, "steps_at_best": 3}}
+            for m in ("base", "ren") for seed in (0, 1)]
     smoke = report.build_table(published, "table3", params, "hu19", "smoke", [])
-    cpu = report.build_table(published, "table3", params, "hu19", "cpu", [])
+    cpu = report.build_table(published, "table3", params, "hu19", "cpu", runs)
+    assert len(cpu.runs) == 4 and report.ordering_rows(cpu, published["tables"]["table3"])
     assert [c.verdict.kind for c in smoke.cells if c.method == "ours_weight_eq12"] == ["NOT RUN"] * 3
     assert not [c for c in cpu.cells if c.method == "ours_weight_eq12"]
     assert {c.method for c in cpu.cells} == {"base", "base_val", "proportion", "ren", "ours_weight"}
+    assert not [row for row in report.ordering_rows(cpu, published["tables"]["table3"]) if "eq12" in row[1]]
 
 
 def test_results_of_an_older_config_are_not_counted(tmp_path):
