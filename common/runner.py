@@ -31,11 +31,17 @@ from common.results import RunKey, archive_result, read_result, result_status, w
 log = logging.getLogger("repro.runner")
 
 
+GENERATED_PATHS = ("results", "reports", "splits")   # pipeline outputs: edits there do not make the code dirty
+
+
 def git_sha(cwd: str | os.PathLike = ".") -> str:
+    """HEAD's sha, with `-dirty` when tracked files other than pipeline outputs (`GENERATED_PATHS`,
+    e.g. result files committed while runs go on) differ from it."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                *(f":(exclude,top){p}" for p in GENERATED_PATHS)], cwd=cwd,
                                capture_output=True, text=True, check=True).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (subprocess.CalledProcessError, FileNotFoundError):

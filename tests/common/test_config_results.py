@@ -123,3 +123,26 @@ def test_result_files_are_strict_json(tmp_path):
     text = path.read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"metrics": {"best_dev_acc": None, "x": [None, 1.0]}}
+
+
+def test_git_sha_is_dirty_for_code_edits_only(tmp_path):
+    """Committing result files while runs go on must not mark the runs' code as dirty."""
+    import subprocess
+
+    from common.runner import git_sha
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "r.json").write_text("{}")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    clean = git_sha(tmp_path)
+    assert len(clean) == 40
+    (tmp_path / "results" / "r.json").write_text('{"a": 1}')
+    assert git_sha(tmp_path) == clean
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_sha(tmp_path) == clean + "-dirty"
