@@ -30,8 +30,8 @@ def test_dvc_repro_smoke_end_to_end(tmp_path, mirror):
 
     results = sorted((work / "results/smoke/hu19").glob("*/*/*/seed*.json"))
     # table2: 4 methods x 2 seeds; table4: 6 x 2 (with our variant); table1 (text, sst5 only): 7 x 2;
-    # table3 (ratio_20): 5 x 2
-    assert len(results) == 8 + 12 + 14 + 10
+    # table3 (ratio_20): 7 x 2 (with our variant and ours_aug, the paper's text-only result)
+    assert len(results) == 8 + 12 + 14 + 14
     report = (work / "reports/hu19.md").read_text()
     assert "Numbers produced by the `smoke` profile" in report
     assert "| Not-Pretrained | Base model: ResNet-34 |" in report and "| 20 : 1000 | Proportion |" in report
@@ -43,10 +43,11 @@ def test_dvc_repro_smoke_end_to_end(tmp_path, mirror):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     runs = mlflow.search_runs(experiment_names=["hu19"], output_format="list")
     per_run = [r for r in runs if r.data.tags.get("stage") == "run"]
-    assert len(per_run) == 44
+    assert len(per_run) == 48
     assert {r.data.tags["method"] for r in per_run} == {"base", "base_val", "proportion", "ren", "ours_weight",
                                                         "ours_weight_eq12", "synonym", "fixed_aug", "ours_aug"}
     assert "| 20 : 1000 | Ours, lookahead with Eq.-12 normalised weights (our variant) |" in report
+    assert "| 20 : 1000 | Ours: fine-tuned augmentation | around 50 (random guess) |" in report
     assert (work / "artifacts/mlm/smoke/mlm_report.json").exists(), "the MLM stage ran"
     assert "## Performance: text" in report
     assert (work / "reports/mlm/hu19_smoke.json").exists() and "## The MLM the text augmenter starts from" in report
