@@ -67,6 +67,14 @@ def write_results(tmp_path, profile="cpu"):
                 "wall_s": 1800.0, "finished_at": "2024-01-01T00:00:00+00:00"})
 
 
+def write_toy_run(tmp_path, method: str, seed: int, acc: float) -> None:
+    """One extra cpu result of toy table t2, setting r1."""
+    write_json_atomic(RunKey("hu19", "t2", "r1", method, seed).path(tmp_path / "results", "cpu"), {
+        "paper": "hu19", "table": "t2", "setting": "r1", "method": method, "seed": seed, "profile": "cpu",
+        "config_hash": "h", "git_sha": "ccc", "config": {}, "wall_s": 10.0, "finished_at": "2024-01-01",
+        "metrics": {"test_acc": acc, "best_dev_acc": 0.0, "best_epoch": 1, "steps_at_best": 1}})
+
+
 @pytest.fixture
 def toy(tmp_path, monkeypatch):
     """A synthetic hu19 package dir and results; reports are written under tmp_path."""
@@ -315,10 +323,7 @@ def test_our_variants_are_compared_with_the_method_they_vary(toy, tmp_path):
     published["tables"]["t2"]["our_variants"] = {"m1x": {"of": "m1", "label": "Up, our variant"}}
     (tmp_path / "papers" / "hu19" / "paper_tables.yaml").write_text(yaml.safe_dump(published, sort_keys=False))
     for seed, acc in enumerate([30.0, 32.0]):       # below base (41), the paper's m1 is above its base: FAIL
-        write_json_atomic(RunKey("hu19", "t2", "r1", "m1x", seed).path(tmp_path / "results", "cpu"), {
-            "paper": "hu19", "table": "t2", "setting": "r1", "method": "m1x", "seed": seed, "profile": "cpu",
-            "config_hash": "h", "git_sha": "ccc", "config": {}, "wall_s": 10.0, "finished_at": "2024-01-01",
-            "metrics": {"test_acc": acc, "best_dev_acc": 0.0, "best_epoch": 1, "steps_at_best": 1}})
+        write_toy_run(tmp_path, "m1x", seed, acc)
     report.write_reports(toy, "cpu", log_tables=False)
     text = (tmp_path / "reports" / "hu19.md").read_text()
     rows = verdict_rows(text, "t2")
@@ -340,10 +345,7 @@ def test_a_result_stated_only_in_the_text_is_shown_and_its_claims_checked(toy, t
         "label": "Augmentation", "value": "around 50", "source": "Sec. 9", "orderings": [["m1", "aug"]]}}
     (tmp_path / "papers" / "hu19" / "paper_tables.yaml").write_text(yaml.safe_dump(published, sort_keys=False))
     for seed, acc in enumerate([50.0, 52.0]):       # r1: m1 is 46 ± 1, so m1 > aug does NOT hold
-        write_json_atomic(RunKey("hu19", "t2", "r1", "aug", seed).path(tmp_path / "results", "cpu"), {
-            "paper": "hu19", "table": "t2", "setting": "r1", "method": "aug", "seed": seed, "profile": "cpu",
-            "config_hash": "h", "git_sha": "ccc", "config": {}, "wall_s": 10.0, "finished_at": "2024-01-01",
-            "metrics": {"test_acc": acc, "best_dev_acc": 0.0, "best_epoch": 1, "steps_at_best": 1}})
+        write_toy_run(tmp_path, "aug", seed, acc)
     report.write_reports(toy, "cpu", log_tables=False)
     markdown = (tmp_path / "reports" / "hu19.md").read_text()
     text = section(markdown, "t2")
