@@ -220,7 +220,7 @@ def run_grid(configs: Iterable[dict], *, paper_module: str, results_dir: Path, m
 
     def execute(jobs: list[Job]) -> None:
         if dry_run:
-            report.done.extend(f"(dry run) {j.key.label()}" for j in jobs)
+            report.done.extend(j.key.label() for j in jobs)
             return
         with progress_bar(len(jobs), "runs", "run", progress) as bar:
             for job, result, error in backend.map(jobs):

@@ -51,6 +51,12 @@ def cmd_run(args) -> int:
     report = run_tables(params, args.paper, profile, _tables(args, params, profile), setting=args.setting,
                         method=args.method, seed=args.seed, workers=args.workers,
                         replace_changed=args.replace_changed, dry_run=args.dry_run)
+    if args.dry_run:
+        for label in report.done:
+            print(f"would run {label}")
+        print(f"{args.paper} ({profile}): {len(report.done)} run(s) would run, {len(report.skipped)} skipped "
+              "(up to date); dry run, nothing ran")
+        return 0
     print(f"{args.paper} ({profile}): {len(report.done)} run(s) done, {len(report.skipped)} skipped "
           f"(up to date), {len(report.failed)} failed")
     for label, error in report.failed.items():

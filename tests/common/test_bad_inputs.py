@@ -381,7 +381,8 @@ def test_replace_changed_archives_the_old_result(work, capsys, fake_execute):
     # a dry run lists the run but moves nothing (it used to archive the result already)
     code, out, _ = repro(capsys, "--params", params, *RUN, "--method", "base", "--seed", "0", "--replace-changed",
                          "--dry-run")
-    assert code == 0 and "1 run(s) done" in out
+    assert code == 0 and "1 run(s) would run" in out and "nothing ran" in out
+    assert re.search(r"^would run hu19/.*/base/seed0$", out, re.M), out
     assert tree(work / "results") == before
     code, out, err = repro(capsys, "--params", params, *RUN, "--method", "base", "--seed", "0", "--replace-changed")
     assert code == 0, err
