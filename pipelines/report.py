@@ -208,7 +208,8 @@ def not_run_reason(config: dict | None, setting: str, method: str, profile: str)
         return config["not_run"][setting]
     if setting not in config.get("settings", {}) or method not in config.get("methods", [method]):
         return f"not in the `{profile}` profile"
-    return "not run yet"
+    seeds = config.get("seeds")
+    return f"none of its {seeds} planned runs finished yet" if seeds else "not run yet"
 
 
 def build_table(published: dict, table: str, params: dict, paper: str, profile: str,

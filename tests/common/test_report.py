@@ -164,7 +164,7 @@ def test_report_verdicts_footnotes_and_not_run_reasons(toy, tmp_path):
     assert t2[("R one", "Down")][-1] == "FAIL"
     assert t2[("R two", "Base")][-1] == "ref"
     assert t2[("R two", "Up")][-1] == "PENDING (n<2)"
-    assert t2[("R two", "Down")][-1] == "NOT RUN: not run yet"
+    assert t2[("R two", "Down")][-1] == "NOT RUN: none of its 4 planned runs finished yet"
     assert t2[("R three", "Base")][-1] == "NOT RUN: not in the `cpu` profile"
     t2_text = section(md, "t2")
     assert "Verdict rule: this table deviates" in t2_text
