@@ -26,7 +26,10 @@ def test_text_benchmark_smoke_profile(tmp_path):
     bench = json.loads(path.read_text())
     rows = {r["method"]: r for r in bench["rows"]}
     assert {"base", "ours_weight", "fixed_aug", "ours_aug"} <= set(rows)
-    assert all(r["ms_per_step"] > 0 for r in rows.values())
+    timed = {m: r for m, r in rows.items() if "rest of the meta-gradient" not in m}   # that row is a difference
+    assert all(r["ms_per_step"] > 0 for r in timed.values())
+    parts = [m for m in rows if m.startswith("  of which: ")]
+    assert len(parts) == 4 and rows[parts[-1]]["ms_per_step"] == rows["base"]["ms_per_step"]
     assert "x base" in rows["ours_weight"]["ratio"] and "x fixed_aug" in rows["ours_aug"]["ratio"]
     assert "tiny-random-bert" in bench["setup"]
     assert [v.split(":")[0] for v in bench["verdicts"]] == ["ours_weight", "ours_aug"]
