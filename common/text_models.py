@@ -122,11 +122,19 @@ def encode_texts(tokenizer, texts, max_seq_len: int) -> tuple[Tensor, Tensor]:
     return enc["input_ids"].long(), enc["attention_mask"].long()
 
 
-class TextClassifier(nn.Module):
-    """BertModel encoder + dropout + linear head on the first-token ([CLS]) hidden state."""
+POOLINGS = ("cls", "mean")
 
-    def __init__(self, encoder: nn.Module, num_labels: int, max_seq_len: int = 64):
+
+class TextClassifier(nn.Module):
+    """BertModel encoder + dropout + linear head on a pooled hidden state: the first token's ([CLS],
+    as BERT classifiers) or the mean over non-padding tokens (how sentence-transformers such as
+    all-MiniLM-L6-v2 were trained)."""
+
+    def __init__(self, encoder: nn.Module, num_labels: int, max_seq_len: int = 64, pooling: str = "cls"):
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ConfigError(f"pooling: {pooling!r}; expected one of {list(POOLINGS)}")
+        self.pooling = pooling
         config = encoder.config
         if max_seq_len > config.max_position_embeddings:
             raise ConfigError(f"max_seq_len {max_seq_len} exceeds the backbone's "
@@ -151,7 +159,12 @@ class TextClassifier(nn.Module):
     def _logits(self, attention_mask: Tensor, **inputs: Tensor) -> Tensor:
         dtype = self.word_embeddings.weight.dtype
         hidden = self.encoder(attention_mask=self._additive_mask(attention_mask, dtype), **inputs).last_hidden_state
-        return self.classifier(self.dropout(hidden[:, 0]))
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            keep = attention_mask.to(hidden.dtype).unsqueeze(-1)
+            pooled = (hidden * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+        return self.classifier(self.dropout(pooled))
 
     #: the word-embedding table indexed by input_ids (`common.lookahead` keeps its per-example
     #: gradients sparse: only the rows of an example's own tokens differ between examples)
@@ -221,10 +234,10 @@ def build_encoder(backbone: str, vocab_size: int = BERT_VOCAB_SIZE) -> nn.Module
 
 
 def build_text_classifier(backbone: str, num_labels: int, max_seq_len: int = 64, *,
-                          vocab_size: int = BERT_VOCAB_SIZE) -> TextClassifier:
-    """A TextClassifier on `backbone` (see the module table). Random parts (the head; the whole
-    tiny model) are initialised from torch's global RNG: seed it first."""
-    return TextClassifier(build_encoder(backbone, vocab_size), num_labels, max_seq_len)
+                          vocab_size: int = BERT_VOCAB_SIZE, pooling: str = "cls") -> TextClassifier:
+    """A TextClassifier on `backbone` (see the module table) with `pooling` "cls" or "mean". Random
+    parts (the head; the whole tiny model) are initialised from torch's global RNG: seed it first."""
+    return TextClassifier(build_encoder(backbone, vocab_size), num_labels, max_seq_len, pooling)
 
 
 def adamw_param_groups(model: nn.Module, weight_decay: float = 0.01) -> list[dict]:

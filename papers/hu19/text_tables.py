@@ -27,7 +27,7 @@ from common.config import check_block, config_hash
 from common.data import load_dataset
 from common.data.subsample import DEV_SOURCES, SplitSpec, load_or_make_split, split_data_seed
 from common.errors import ConfigError
-from common.text_models import (adam_optimizer, adamw_param_groups, build_text_classifier, encode_texts,
+from common.text_models import (POOLINGS, adam_optimizer, adamw_param_groups, build_text_classifier, encode_texts,
                                 load_tokenizer)
 from common.token_batches import trim_padding
 from common.training import ArrayData, Batch, fit_fixed_steps, fit_with_dev_selection, resolve_device
@@ -40,7 +40,8 @@ AUGMENTATION_METHODS = ("synonym", "fixed_aug", "ours_aug")
 TEXT_TABLE_TYPES = {"seeds": int, "protocol": str, "data_seed": int, "backbone": str, "mlm_dir": (str, type(None)),
                     "max_seq_len": int, "batch_size": int, "epochs": int, "min_epochs": int, "lr": float,
                     "weight_decay": float, "test_limit": (int, type(None)), "classes": list, "methods": list,
-                    "weighting": dict, "augmentation": dict, "synonym": dict, "settings": dict, "not_run": dict}
+                    "weighting": dict, "augmentation": dict, "synonym": dict, "settings": dict, "not_run": dict,
+                    "pooling": str}
 REQUIRED_TEXT_KEYS = ("seeds", "protocol", "data_seed", "backbone", "max_seq_len", "batch_size", "epochs", "lr",
                       "weight_decay", "methods", "settings")
 TEXT_WEIGHTING_TYPES = {"pretrain_epochs": int, "min_epochs": int, "w_init": float, "w_decay": float, "norm": str,
@@ -78,6 +79,8 @@ def validate_text_table_config(table: str, cfg: dict, where: str, tables: dict) 
         if setting["dev_source"] not in DEV_SOURCES:
             raise ConfigError(f"{where}.settings.{name}.dev_source: {setting['dev_source']!r}; "
                               f"expected one of {list(DEV_SOURCES)}")
+    if cfg.get("pooling", "cls") not in POOLINGS:
+        raise ConfigError(f"{where}.pooling: {cfg['pooling']!r}; expected one of {list(POOLINGS)}")
     if methods & {"fixed_aug", "ours_aug"} and cfg["backbone"] == "all-MiniLM-L6-v2" and not cfg.get("mlm_dir"):
         raise ConfigError(f"{where}.mlm_dir: all-MiniLM-L6-v2 has no MLM head; set mlm_dir to the output of "
                           "`repro mlm` (dvc stage mlm_hu19)")
@@ -95,6 +98,8 @@ def text_run_config(table, setting, method, seed, cfg, profile) -> dict[str, Any
         "batch_size": cfg["batch_size"], "epochs": cfg["epochs"], "min_epochs": cfg.get("min_epochs", 0),
         "optimizer": {"name": "adam", "lr": cfg["lr"], "weight_decay": cfg["weight_decay"]},
     }
+    if cfg.get("pooling", "cls") != "cls":  # only when not the default, so other runs keep their config hash
+        config["pooling"] = cfg["pooling"]
     if s.get("test_sample") is not None:  # only when set, so other runs keep their config hash
         config["test_sample"] = s["test_sample"]
     if table == "table3":
@@ -282,7 +287,8 @@ def execute_text(config: dict, mirror: str | None, on_epoch: Callable[[dict], No
     dev = ArrayData(trim_padding(dev.x), dev.y)
     train, dev, test = train.to(target), dev.to(target), test.to(target)
     torch.manual_seed(seed)
-    model = build_text_classifier(config["backbone"], num_classes, config["max_seq_len"]).to(target)
+    model = build_text_classifier(config["backbone"], num_classes, config["max_seq_len"],
+                                  pooling=config.get("pooling", "cls")).to(target)
     opt_cfg = config["optimizer"]
     optimizer = adam_optimizer(adamw_param_groups(model, opt_cfg["weight_decay"]), lr=opt_cfg["lr"])
     generator = torch.Generator().manual_seed(seed)

@@ -155,3 +155,20 @@ def test_sparse_token_embedding_meta_gradient_equals_dense(opt_kind):
     torch.testing.assert_close(lookahead_meta_gradient(model, opt, x, y, dev_x, dev_y, zero),
                                lookahead_meta_gradient(model, opt, x, y, dev_x, dev_y, zero, sparse_embedding=False),
                                rtol=1e-4, atol=1e-7)
+
+
+def test_mean_pooling_averages_non_padding_states_and_ignores_padding():
+    torch.manual_seed(0)
+    model = build_text_classifier("tiny-random-bert", 3, 12, vocab_size=VOCAB, pooling="mean").eval()
+    ids = random_batch(4, 12, seed=2)
+    mask = ids != 0
+    hidden = model.encoder(input_ids=ids, attention_mask=model._additive_mask(mask, torch.float32)).last_hidden_state
+    expected = torch.stack([model.classifier(hidden[i, mask[i]].mean(0)) for i in range(4)])
+    torch.testing.assert_close(model(ids), expected, rtol=0, atol=1e-5)
+    longer = torch.cat([ids, torch.zeros(4, 5, dtype=ids.dtype)], dim=1)
+    torch.testing.assert_close(model(longer), expected, rtol=0, atol=1e-5)
+    # same weights, [CLS] pooling: different logits (the option is not a no-op)
+    model.pooling = "cls"
+    assert not torch.allclose(model(ids), expected, atol=1e-3)
+    with pytest.raises(ConfigError, match="pooling: 'max'"):
+        build_text_classifier("tiny-random-bert", 3, 12, vocab_size=VOCAB, pooling="max")

@@ -101,3 +101,19 @@ def test_augmenter_fit_is_cached_between_fixed_aug_and_ours_aug(params, mirror, 
     other = dict(configs["ours_aug"], seed=1)
     with pytest.raises(AssertionError, match="cached augmenter"):
         execute(other, mirror, checkpoint_path=ckpt / "ours_aug" / "seed1.pt")
+
+
+def test_pooling_option_keeps_default_config_hashes(params, mirror):
+    """`pooling: cls` (the default) adds nothing to a run's config, so committed results keep their
+    hashes; `pooling: mean` is recorded in the config and runs; a bad value is a clear error."""
+    cfg = params["hu19"]["profiles"]["smoke"]["table1"]
+    default = first_seed_per_method(table_configs(params, "hu19", "smoke", "table1"))["base"]
+    assert "pooling" not in default
+    cfg["pooling"] = "cls"
+    assert first_seed_per_method(table_configs(params, "hu19", "smoke", "table1"))["base"] == default
+    cfg["pooling"] = "mean"
+    mean = first_seed_per_method(table_configs(params, "hu19", "smoke", "table1"))["base"]
+    assert mean == {**default, "pooling": "mean"}
+    assert 0.0 <= execute(mean, mirror)["metrics"]["test_acc"] <= 100.0
+    with pytest.raises(ConfigError, match="pooling: 'max'"):
+        validate_table_config("table1", {**cfg, "pooling": "max"}, "p")
