@@ -167,6 +167,7 @@ def run_text_benchmark(repeats: int = 5, out_dir: Path = Path("reports/benchmark
     medians = _median_times(timed, repeats)
     loop = _median_times({"official_loop_meta": (reset, official_style_meta_step)}, max(1, repeats // 2))
     meta_only = medians["ours_aug"] - medians["fixed_aug"]
+    floor = (medians["per_example_grads"] + medians["dev_grad"] + medians["base"]) / medians["base"]
     rows = [
         {"method": "base", "ms_per_step": round(1000 * medians["base"], 1), "ratio": "1.00 (reference)"},
         {"method": "ours_weight", "ms_per_step": round(1000 * medians["ours_weight"], 1),
@@ -200,10 +201,11 @@ def run_text_benchmark(repeats: int = 5, out_dir: Path = Path("reports/benchmark
                   "parameters) is handled exactly as Delta_0 + per-example corrections on the batch's token rows "
                   "(common.lookahead.adam_meta_gradient); the dense row shows the cost without that. "
                   "The 'of which' rows are timed separately in the same process (they need not add up exactly): "
-                  "per-example gradients plus the dev gradient plus the real step already cost about 3x a base "
-                  "step, so the 3x target leaves nothing for the Adam deltas; meeting it would need the real "
-                  "step to reuse the meta step's per-example gradients, which are taken in eval mode (no dropout) "
-                  "while the real step trains with dropout, so it would change the method.",
+                  f"per-example gradients, the dev gradient and the real step alone cost {floor:.2f}x a base step, "
+                  "so a 3x target leaves little or nothing for the Adam deltas; getting under it would need the "
+                  "real step to reuse the meta step's per-example gradients, which are taken in eval mode (no "
+                  "dropout) while the real step trains with dropout: a "
+                  "different method.",
                   "ours_aug: the augmenter's soft samples for n_aug_meta copies, a classifier backward with "
                   "create_graph, the Adam step as a graph (word-embedding rows: only those the dev batch reads), "
                   "the dev loss at theta' and the second-order backward into the augmenter only.",
