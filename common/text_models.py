@@ -125,6 +125,12 @@ def encode_texts(tokenizer, texts, max_seq_len: int) -> tuple[Tensor, Tensor]:
 POOLINGS = ("cls", "mean")
 
 
+def check_pooling(pooling: str, where: str = "pooling") -> None:
+    """ConfigError naming `where` unless `pooling` is one of POOLINGS."""
+    if pooling not in POOLINGS:
+        raise ConfigError(f"{where}: {pooling!r}; expected one of {list(POOLINGS)}")
+
+
 class TextClassifier(nn.Module):
     """BertModel encoder + dropout + linear head on a pooled hidden state: the first token's ([CLS],
     as BERT classifiers) or the mean over non-padding tokens (how sentence-transformers such as
@@ -132,8 +138,7 @@ class TextClassifier(nn.Module):
 
     def __init__(self, encoder: nn.Module, num_labels: int, max_seq_len: int = 64, pooling: str = "cls"):
         super().__init__()
-        if pooling not in POOLINGS:
-            raise ConfigError(f"pooling: {pooling!r}; expected one of {list(POOLINGS)}")
+        check_pooling(pooling)
         self.pooling = pooling
         config = encoder.config
         if max_seq_len > config.max_position_embeddings:

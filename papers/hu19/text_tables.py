@@ -27,8 +27,8 @@ from common.config import check_block, config_hash
 from common.data import load_dataset
 from common.data.subsample import DEV_SOURCES, SplitSpec, load_or_make_split, split_data_seed
 from common.errors import ConfigError
-from common.text_models import (POOLINGS, adam_optimizer, adamw_param_groups, build_text_classifier, encode_texts,
-                                load_tokenizer)
+from common.text_models import (adam_optimizer, adamw_param_groups, build_text_classifier, check_pooling,
+                                encode_texts, load_tokenizer)
 from common.token_batches import trim_padding
 from common.training import ArrayData, Batch, fit_fixed_steps, fit_with_dev_selection, resolve_device
 from papers.hu19.weighting import PERSISTENT_WEIGHT_METHODS, WeightingConfig, WeightingMethod, weighted_step
@@ -79,8 +79,7 @@ def validate_text_table_config(table: str, cfg: dict, where: str, tables: dict) 
         if setting["dev_source"] not in DEV_SOURCES:
             raise ConfigError(f"{where}.settings.{name}.dev_source: {setting['dev_source']!r}; "
                               f"expected one of {list(DEV_SOURCES)}")
-    if cfg.get("pooling", "cls") not in POOLINGS:
-        raise ConfigError(f"{where}.pooling: {cfg['pooling']!r}; expected one of {list(POOLINGS)}")
+    check_pooling(cfg.get("pooling", "cls"), f"{where}.pooling")
     if methods & {"fixed_aug", "ours_aug"} and cfg["backbone"] == "all-MiniLM-L6-v2" and not cfg.get("mlm_dir"):
         raise ConfigError(f"{where}.mlm_dir: all-MiniLM-L6-v2 has no MLM head; set mlm_dir to the output of "
                           "`repro mlm` (dvc stage mlm_hu19)")
