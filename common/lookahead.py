@@ -15,11 +15,16 @@ Delta_i does not depend on w, so this is the exact derivative. Batched instead o
 * Adam/AdamW: Delta_i is elementwise non-linear in g_i, so per-example gradients come from
   torch.func.vmap(grad) and Delta_i uses the current moments and bias correction.
 
-Models are called through torch.func.functional_call in whatever train/eval mode the caller set
-(the hu19 official code computes the meta step in eval mode).
+Train/eval mode per pass (`PassModes`): the per-example pass (the Delta_i) and the dev pass at
+theta' each run in their own mode. The hu19 official code (its functional copy `MagicModule` is
+always in training mode) runs images with eval-mode per-example steps and a train-mode dev pass
+(BatchNorm statistics of each dev batch, dev batches of the train batch size, shuffled), and text
+with both passes in train mode (dropout; independent masks per example under vmap). A train-mode
+dev pass never changes the model's running statistics (the official copy deep-copies its buffers).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -35,6 +40,36 @@ from common.token_batches import is_token_batch, length_groups, logits_by_length
 
 ParamDict = dict[str, Tensor]
 log = logging.getLogger("repro.lookahead")
+MODES = ("train", "eval")
+
+
+@dataclass(frozen=True)
+class PassModes:
+    """Train/eval mode of the per-example pass and of the dev pass at theta' (see the module
+    docstring). `dev_batch_size`: the dev pass runs in shuffled batches of this size, each with its
+    own BatchNorm batch statistics in train mode (None: the whole dev set at once); the dev loss is
+    the mean over all dev examples either way."""
+    per_example: str = "eval"
+    dev: str = "eval"
+    dev_batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("per_example", "dev"):
+            if getattr(self, name) not in MODES:
+                raise ValueError(f"PassModes.{name}: {getattr(self, name)!r}; expected one of {list(MODES)}")
+        if self.dev_batch_size is not None and (isinstance(self.dev_batch_size, bool) or self.dev_batch_size < 1):
+            raise ValueError(f"PassModes.dev_batch_size: {self.dev_batch_size!r}; expected a positive int or None")
+
+
+@contextlib.contextmanager
+def in_mode(model: nn.Module, mode: str):
+    """`model` in train or eval mode for the block, its previous mode restored after."""
+    was_training = model.training
+    model.train(mode == "train")
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 @dataclass(frozen=True)
@@ -83,13 +118,33 @@ def per_example_losses(model: nn.Module, params: ParamDict, buffers: ParamDict, 
     return F.cross_entropy(logits, y, reduction="none")
 
 
-def dev_loss_grad(model, params: ParamDict, buffers: ParamDict, dev_x: Tensor, dev_y: Tensor) -> tuple[Tensor, ParamDict]:
-    """Mean dev cross-entropy at `params` and its gradient G."""
+def dev_loss_grad(model, params: ParamDict, buffers: ParamDict, dev_x: Tensor, dev_y: Tensor,
+                  batches: list[Tensor] | None = None) -> tuple[Tensor, ParamDict]:
+    """Mean dev cross-entropy at `params` and its gradient G. `batches`: index tensors of the dev
+    batches to forward separately (each with its own BatchNorm statistics in train mode); the loss is
+    sum_b sum_{i in b} CE_i / N either way. A train-mode pass works on a copy of the buffers, so the
+    model's running statistics stay as they were."""
     names = list(params)
     leaves = [params[n].detach().requires_grad_(True) for n in names]
-    loss = per_example_losses(model, dict(zip(names, leaves)), buffers, dev_x, dev_y, by_length=True).mean()
+    if model.training:
+        buffers = {n: b.clone() for n, b in buffers.items()}
+    at = dict(zip(names, leaves))
+    if batches is None:
+        loss = per_example_losses(model, at, buffers, dev_x, dev_y, by_length=True).mean()
+    else:
+        loss = sum(per_example_losses(model, at, buffers, dev_x[b], dev_y[b], by_length=True).sum()
+                   for b in batches) / len(dev_y)
     grads = torch.autograd.grad(loss, leaves)
     return loss.detach(), dict(zip(names, grads))
+
+
+def dev_batches(n_dev: int, modes: PassModes, generator: torch.Generator | None) -> list[Tensor] | None:
+    """Index batches of the dev pass: None (one pass) unless `modes.dev_batch_size` is set; then
+    a permutation (by `generator`, else in order) cut into batches of that size."""
+    if modes.dev_batch_size is None:
+        return None
+    order = torch.randperm(n_dev, generator=generator) if generator is not None else torch.arange(n_dev)
+    return list(order.split(modes.dev_batch_size))
 
 
 def _dot(a: ParamDict, b: ParamDict) -> Tensor:
@@ -119,14 +174,21 @@ def adam_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module) -> 
 
 def sgd_meta_gradient(model: nn.Module, params: ParamDict, buffers: ParamDict, x: Tensor, y: Tensor,
                       dev_x: Tensor, dev_y: Tensor, w: Tensor, momentum_buf: ParamDict,
-                      hp: SGDHyper) -> Tensor:
-    """d L_dev(theta + sum_i w_i Delta_i) / d w for SGD deltas (Eq. 8), shape [B]."""
+                      hp: SGDHyper, modes: PassModes = PassModes(),
+                      batches: list[Tensor] | None = None) -> Tensor:
+    """d L_dev(theta + sum_i w_i Delta_i) / d w for SGD deltas (Eq. 8), shape [B]. The per-example
+    pass is batched (one weighted backward, one jvp), so it must be in eval mode: in train mode
+    the examples would share BatchNorm statistics and dropout draws."""
+    if modes.per_example != "eval":
+        raise ValueError("sgd_meta_gradient: the per-example pass is batched and needs eval mode "
+                         "(PassModes.per_example='eval')")
     names = list(params)
     theta = [params[n] for n in names]
     momentum = [momentum_buf[n] for n in names]
     if bool((w != 0).any()):
         leaves = [t.detach().requires_grad_(True) for t in theta]
-        weighted = (w.detach() * per_example_losses(model, dict(zip(names, leaves)), buffers, x, y)).sum()
+        with in_mode(model, "eval"):
+            weighted = (w.detach() * per_example_losses(model, dict(zip(names, leaves)), buffers, x, y)).sum()
         sum_g = torch.autograd.grad(weighted, leaves)
         total_w = float(w.detach().sum())
         # theta' = theta - lr * (S * (mu m + lambda theta) + sum_i w_i g_i), S = sum_i w_i (fused, in place)
@@ -136,21 +198,30 @@ def sgd_meta_gradient(model: nn.Module, params: ParamDict, buffers: ParamDict, x
         lookahead = dict(zip(names, ahead))
     else:
         lookahead = params
-    _, g_dev = dev_loss_grad(model, lookahead, buffers, dev_x, dev_y)
+    with in_mode(model, modes.dev):
+        _, g_dev = dev_loss_grad(model, lookahead, buffers, dev_x, dev_y, batches)
     # <G, mu m + lambda theta>: the part of every Delta_i that does not depend on the example.
     shared = sum(hp.momentum * torch.vdot(g_dev[n].flatten(), momentum_buf[n].flatten())
                  + hp.decay(n) * torch.vdot(g_dev[n].flatten(), params[n].flatten()) for n in names)
     # <G, g_i> for every i at once: the directional derivative of each example's loss along G.
-    _, dots = jvp(lambda p: per_example_losses(model, p, buffers, x, y), (params,), (g_dev,))
+    with in_mode(model, "eval"):
+        _, dots = jvp(lambda p: per_example_losses(model, p, buffers, x, y), (params,), (g_dev,))
     return -hp.lr * (shared + dots.detach())
 
 
+def vmap_randomness(model: nn.Module) -> str:
+    """vmap's `randomness` for per-example passes: independent dropout draws per example in train
+    mode (as a loop over examples would make), an error on any random op in eval mode."""
+    return "different" if model.training else "error"
+
+
 def per_example_grads(model: nn.Module, params: ParamDict, buffers: ParamDict, x: Tensor, y: Tensor) -> ParamDict:
-    """Per-example gradients {name: [B, *shape]} by vmap over a single-example loss."""
+    """Per-example gradients {name: [B, *shape]} by vmap over a single-example loss, in the model's
+    current mode (train mode: each example its own dropout masks)."""
     def one(p, xi, yi):
         return per_example_losses(model, p, buffers, xi.unsqueeze(0), yi.unsqueeze(0)).squeeze(0)
 
-    return vmap(grad(one), in_dims=(None, 0, 0))(params, x, y)
+    return vmap(grad(one), in_dims=(None, 0, 0), randomness=vmap_randomness(model))(params, x, y)
 
 
 FUSE_MIN_NUMEL = 100_000      # per-example Adam deltas of tensors this large use the fused kernel
@@ -226,8 +297,10 @@ def adam_deltas(params: ParamDict, grads: ParamDict, exp_avg: ParamDict, exp_avg
 
 def adam_meta_gradient(model: nn.Module, params: ParamDict, buffers: ParamDict, x: Tensor, y: Tensor,
                        dev_x: Tensor, dev_y: Tensor, w: Tensor, state: tuple[ParamDict, ParamDict, int],
-                       hp: AdamHyper, token_embedding: str | None = None) -> Tensor:
-    """d L_dev(theta + sum_i w_i Delta_i) / d w for Adam deltas (Eq. 8), shape [B].
+                       hp: AdamHyper, token_embedding: str | None = None, modes: PassModes = PassModes(),
+                       batches: list[Tensor] | None = None) -> Tensor:
+    """d L_dev(theta + sum_i w_i Delta_i) / d w for Adam deltas (Eq. 8), shape [B]; the per-example
+    pass (vmap, one example at a time) and the dev pass each in their mode of `modes`.
 
     `token_embedding`: name of a [V, H] word-embedding table that the model indexes with the integer
     input x (the model's forward must accept `inputs_embeds=`). Example i's gradient touches only the
@@ -237,12 +310,14 @@ def adam_meta_gradient(model: nn.Module, params: ParamDict, buffers: ParamDict, 
     exp_avg, exp_avg_sq, step = state
     w = w.detach()
     table = token_embedding
-    if table is None:
-        grads = per_example_grads(model, params, buffers, x, y)
-    else:
-        rest = {n: p for n, p in params.items() if n != table}
-        rows, grads, row_grads, order = per_example_grads_token_rows(model, rest, params[table], table, buffers, x, y)
-        w = w[order]      # the examples in the order of their gradients; undone on return
+    with in_mode(model, modes.per_example):
+        if table is None:
+            grads = per_example_grads(model, params, buffers, x, y)
+        else:
+            rest = {n: p for n, p in params.items() if n != table}
+            rows, grads, row_grads, order = per_example_grads_token_rows(model, rest, params[table], table, buffers,
+                                                                         x, y)
+            w = w[order]      # the examples in the order of their gradients; undone on return
     deltas = adam_deltas(params, grads, exp_avg, exp_avg_sq, step, hp)
     lookahead = {n: params[n] + torch.tensordot(w, d, dims=1) for n, d in deltas.items()}
     if table is not None:
@@ -251,7 +326,8 @@ def adam_meta_gradient(model: nn.Module, params: ParamDict, buffers: ParamDict, 
         corrections = adam_deltas({table: E[rows]}, {table: row_grads}, {table: m[rows]}, {table: v[rows]}, step,
                                   hp)[table] - delta0[rows]                                   # C_i on rows R
         lookahead[table] = (E + w.sum() * delta0).index_add_(0, rows, torch.tensordot(w, corrections, dims=1))
-    _, g_dev = dev_loss_grad(model, lookahead, buffers, dev_x, dev_y)
+    with in_mode(model, modes.dev):
+        _, g_dev = dev_loss_grad(model, lookahead, buffers, dev_x, dev_y, batches)
     dots = sum(d.reshape(len(w), -1) @ g_dev[n].reshape(-1) for n, d in deltas.items())   # <G, Delta_i>, one gemv each
     if table is not None:
         G = g_dev[table]
@@ -276,7 +352,7 @@ def per_example_grads_token_rows(model: nn.Module, rest: ParamDict, table_weight
                                  {"inputs_embeds": e.unsqueeze(0)})
         return F.cross_entropy(logits, yi.unsqueeze(0))
 
-    per_example = vmap(grad(one, argnums=(0, 1)), in_dims=(None, 0, 0, 0))
+    per_example = vmap(grad(one, argnums=(0, 1)), in_dims=(None, 0, 0, 0), randomness=vmap_randomness(model))
     groups = length_groups(x)
     row_grads = torch.zeros(len(x) * len(rows), H, dtype=table_weight.dtype, device=table_weight.device)
     parts, start = [], 0
@@ -330,10 +406,12 @@ def sparse_embedding_table(model: nn.Module, params: dict, x: Tensor) -> str | N
 
 
 def lookahead_meta_gradient(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
-                            dev_x: Tensor, dev_y: Tensor, w: Tensor, *, eval_mode: bool = True,
+                            dev_x: Tensor, dev_y: Tensor, w: Tensor, *, modes: PassModes = PassModes(),
+                            dev_generator: torch.Generator | None = None,
                             sparse_embedding: bool = True) -> Tensor:
-    """dL_dev/dw for the optimizer in use (SGD, Adam or AdamW), computed in eval mode by default
-    (BatchNorm running statistics, as the hu19 official code). Parameter groups may differ in
+    """dL_dev/dw for the optimizer in use (SGD, Adam or AdamW), each pass in its mode of `modes`
+    (default: both in eval mode; the hu19 official modes are `papers.hu19` config). `dev_generator`
+    shuffles the dev batches when `modes.dev_batch_size` is set. Parameter groups may differ in
     weight decay only (e.g. no decay on biases and LayerNorm). A model with a
     `token_embedding_param` attribute (the name of its word-embedding table, e.g. TextClassifier)
     gets the exact sparse-row treatment of that table under Adam (see adam_meta_gradient) unless
@@ -348,22 +426,20 @@ def lookahead_meta_gradient(model: nn.Module, optimizer: torch.optim.Optimizer, 
     name_of = {id(p): n for n, p in model.named_parameters()}
     decay = {name_of[id(p)]: g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
     w = w.to(x.device)
-    was_training = model.training
-    model.train(not eval_mode)
-    try:
+    batches = dev_batches(len(dev_y), modes, dev_generator)
+    with in_mode(model, "eval"):
         params, buffers = trainable_params(model), model_buffers(model)
         if isinstance(optimizer, torch.optim.SGD):
             if group.get("nesterov") or group.get("dampening"):
                 raise ValueError("SGD lookahead supports dampening=0, nesterov=False")
             hp = SGDHyper(group["lr"], group["momentum"], decay)
             return sgd_meta_gradient(model, params, buffers, x, y, dev_x, dev_y, w,
-                                     sgd_optimizer_state(optimizer, model), hp)
+                                     sgd_optimizer_state(optimizer, model), hp, modes, batches)
         if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
             hp = AdamHyper(group["lr"], tuple(group["betas"]), group["eps"], decay,
                            decoupled=isinstance(optimizer, torch.optim.AdamW))
             table = sparse_embedding_table(model, params, x) if sparse_embedding else None
             return adam_meta_gradient(model, params, buffers, x, y, dev_x, dev_y, w,
-                                      adam_optimizer_state(optimizer, model), hp, token_embedding=table)
+                                      adam_optimizer_state(optimizer, model), hp, token_embedding=table,
+                                      modes=modes, batches=batches)
         raise ValueError(f"no lookahead for optimizer {type(optimizer).__name__}")
-    finally:
-        model.train(was_training)

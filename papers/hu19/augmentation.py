@@ -20,13 +20,15 @@ batch's augmented mini-batch, which is Eq. 10 in its minibatch form and B times 
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from common.cbert import LabelConditionalMLM, SoftTokens, augmentation_positions, soft_samples
-from common.lookahead import AdamHyper, adam_deltas, adam_optimizer_state, sparse_embedding_table
+from common.lookahead import AdamHyper, PassModes, adam_deltas, adam_optimizer_state, in_mode, sparse_embedding_table
 from common.token_batches import logits_by_length
 from common.training import Batch
 
@@ -53,8 +55,11 @@ def adam_hyper(optimizer: torch.optim.Optimizer, model: nn.Module) -> AdamHyper:
 
 
 def lookahead_dev_loss(classifier: nn.Module, optimizer: torch.optim.Optimizer, soft: SoftTokens,
-                       soft_labels: Tensor, dev_x: Tensor, dev_y: Tensor, *, sparse_embedding: bool = True) -> Tensor:
-    """L_dev(theta'(phi)) with theta' one differentiable Adam step on the soft batch (Eq. 10, 8).
+                       soft_labels: Tensor, dev_x: Tensor, dev_y: Tensor, *, sparse_embedding: bool = True,
+                       modes: PassModes | None = None) -> Tensor:
+    """L_dev(theta'(phi)) with theta' one differentiable Adam step on the soft batch (Eq. 10, 8);
+    the soft-batch pass and the dev pass each in their mode of `modes` (official: both train;
+    None: the classifier's current mode, the reading of the results made before `meta_step`).
 
     The returned scalar depends on the augmenter's parameters through `soft.probs`; its backward
     is second order (through the classifier's gradient, Adam's moments and its square root).
@@ -64,8 +69,9 @@ def lookahead_dev_loss(classifier: nn.Module, optimizer: torch.optim.Optimizer, 
     names = [n for n, p in classifier.named_parameters() if p.requires_grad]
     leaves = {n: p.detach().requires_grad_(True) for n, p in classifier.named_parameters() if p.requires_grad}
     buffers = {f"classifier.{n}": b for n, b in classifier.named_buffers()}
-    logits = functional_call(_SoftForward(classifier), ({f"classifier.{n}": v for n, v in leaves.items()}, buffers),
-                             (soft,))
+    with in_mode(classifier, modes.per_example) if modes else contextlib.nullcontext():
+        logits = functional_call(_SoftForward(classifier), ({f"classifier.{n}": v for n, v in leaves.items()},
+                                                            buffers), (soft,))
     grads = dict(zip(names, torch.autograd.grad(F.cross_entropy(logits, soft_labels), [leaves[n] for n in names],
                                                 create_graph=True)))
     exp_avg, exp_avg_sq, step = adam_optimizer_state(optimizer, classifier)
@@ -81,7 +87,8 @@ def lookahead_dev_loss(classifier: nn.Module, optimizer: torch.optim.Optimizer, 
                                  {table: exp_avg[table][rows]}, {table: exp_avg_sq[table][rows]}, step, hp)[table]
         inputs["inputs_embeds"] = (leaves[table][rows] + rows_delta)[inverse]      # E'[dev tokens]
         ahead[table] = leaves[table]     # not read: the dev embeddings come from inputs_embeds
-    dev_logits = functional_call(classifier, (ahead, dict(classifier.named_buffers())), (dev_x,), inputs)
+    with in_mode(classifier, modes.dev) if modes else contextlib.nullcontext():
+        dev_logits = functional_call(classifier, (ahead, dict(classifier.named_buffers())), (dev_x,), inputs)
     return F.cross_entropy(dev_logits, dev_y)
 
 
@@ -92,7 +99,7 @@ class AugmentationStep:
                  generator: torch.Generator, augmenter: LabelConditionalMLM | None = None,
                  augmenter_optimizer: torch.optim.Optimizer | None = None, synonym_variants: Tensor | None = None,
                  dev: tuple[Tensor, Tensor] | None = None, n_aug_meta: int = 4, tau: float = 1.0,
-                 trim=lambda x: x):
+                 trim=lambda x: x, modes: PassModes | None = None):
         if method not in ("synonym", "fixed_aug", "ours_aug"):
             raise ValueError(f"unknown augmentation method {method!r}")
         if method == "synonym" and synonym_variants is None:
@@ -104,6 +111,7 @@ class AugmentationStep:
         self.method, self.classifier, self.optimizer = method, classifier, optimizer
         self.generator, self.augmenter, self.augmenter_optimizer = generator, augmenter, augmenter_optimizer
         self.synonym_variants, self.dev, self.n_aug_meta, self.tau, self.trim = synonym_variants, dev, n_aug_meta, tau, trim
+        self.modes = modes
         self.last_meta_dev_loss: float | None = None
 
     def meta_step(self, x: Tensor, y: Tensor) -> float:
@@ -113,7 +121,8 @@ class AugmentationStep:
         positions = augmentation_positions(x, self.generator)
         soft = soft_samples(self.augmenter, x, y, positions, self.n_aug_meta, self.generator, self.tau)
         dev_x, dev_y = self.dev
-        loss = lookahead_dev_loss(self.classifier, self.optimizer, soft, y.repeat(self.n_aug_meta), dev_x, dev_y)
+        loss = lookahead_dev_loss(self.classifier, self.optimizer, soft, y.repeat(self.n_aug_meta), dev_x, dev_y,
+                                  modes=self.modes)
         # only the augmenter's gradients: the classifier leaves of the lookahead would otherwise get
         # (unused) second-order gradients too, ~25% of the meta step
         loss.backward(inputs=[p for p in self.augmenter.parameters() if p.requires_grad])

@@ -21,9 +21,20 @@ from common.errors import ConfigError
 from common.models import build_image_model
 from common.training import ArrayData, fit_fixed_steps, fit_with_dev_selection, resolve_device
 from papers.hu19.text_tables import execute_text, prepare_text_split, text_run_config, validate_text_table_config
-from papers.hu19.weighting import PERSISTENT_WEIGHT_METHODS, WeightingConfig, WeightingMethod, weighted_step
+from papers.hu19.weighting import (PERSISTENT_WEIGHT_METHODS, MetaStepConfig, WeightingConfig, WeightingMethod,
+                                   weighted_step)
 
 PAPER = "hu19"
+LOOKAHEAD_METHODS = ("ren", *PERSISTENT_WEIGHT_METHODS)
+
+
+def official_image_meta_step(batch_size: int) -> dict:
+    """The official image meta step (weighting/image_classifier.py): per-example steps on an
+    eval-mode copy; dev loss at theta' on its always-training `MagicModule`, i.e. with BatchNorm
+    statistics of each dev batch (dev loader: train batch size, shuffled)."""
+    return {"per_example": "eval", "dev": "train", "dev_batch_size": batch_size}
+
+
 # Normalisation used by the official code (ToTensor + Normalize with these statistics).
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
@@ -79,7 +90,8 @@ def validate_table_config(table: str, cfg: dict, where: str) -> None:
 TABLE_TYPES = {"seeds": int, "dataset": str, "protocol": str, "data_seed": int, "arch": str, "batch_size": int,
                "epochs": int, "min_epochs": int, "lr": float, "momentum": float, "weight_decay": float,
                "train_per_class": int, "dev_per_class": int, "dev_pool_size": int, "test_limit": (int, type(None)),
-               "classes": list, "methods": list, "weighting": dict, "settings": dict, "not_run": dict}
+               "classes": list, "methods": list, "weighting": dict, "settings": dict, "not_run": dict,
+               "meta_step": dict}
 REQUIRED_TABLE_KEYS = ("seeds", "dataset", "protocol", "data_seed", "arch", "batch_size", "epochs", "lr",
                        "momentum", "weight_decay", "train_per_class", "dev_per_class", "dev_pool_size",
                        "methods", "settings")
@@ -118,8 +130,9 @@ def run_config(table, setting, method, seed, cfg, override, profile) -> dict[str
         "optimizer": {"name": "sgd", "lr": cfg["lr"], "momentum": cfg["momentum"],
                       "weight_decay": cfg["weight_decay"]},
     }
-    if method in ("ren", *PERSISTENT_WEIGHT_METHODS):
+    if method in LOOKAHEAD_METHODS:
         config["pretrain_epochs"] = weighting.get("pretrain_epochs", 0)
+        config["meta_step"] = {**official_image_meta_step(cfg["batch_size"]), **cfg.get("meta_step", {})}
     if method in PERSISTENT_WEIGHT_METHODS:
         config["weighting"] = {k: weighting[k] for k in ("w_init", "w_decay", "norm", "softmax_temp")}
     if method == "base_val":
@@ -199,7 +212,8 @@ def execute(config: dict, mirror: str | None, on_epoch: Callable[[dict], None] |
                               checkpoint=checkpoint)
     else:
         wcfg = WeightingConfig(**config.get("weighting", {}))
-        step = WeightingMethod(method, model, optimizer, train, dev, num_classes, wcfg)
+        step = WeightingMethod(method, model, optimizer, train, dev, num_classes, wcfg,
+                               MetaStepConfig.from_run_config(config))
 
         def pretrain(batch):
             return weighted_step(model, optimizer, batch, torch.full((len(batch.y),), 1.0 / len(batch.y)))

@@ -29,19 +29,26 @@ from common.data.subsample import DEV_SOURCES, SplitSpec, load_or_make_split, sp
 from common.errors import ConfigError
 from common.text_models import (adam_optimizer, adamw_param_groups, build_text_classifier, check_pooling,
                                 encode_texts, load_tokenizer)
+from common.lookahead import PassModes
 from common.token_batches import trim_padding
 from common.training import ArrayData, Batch, fit_fixed_steps, fit_with_dev_selection, resolve_device
-from papers.hu19.weighting import PERSISTENT_WEIGHT_METHODS, WeightingConfig, WeightingMethod, weighted_step
+from papers.hu19.weighting import (PERSISTENT_WEIGHT_METHODS, MetaStepConfig, WeightingConfig, WeightingMethod,
+                                   weighted_step)
 
 PAPER = "hu19"
 log = logging.getLogger("repro.hu19.text")
 AUGMENTATION_METHODS = ("synonym", "fixed_aug", "ours_aug")
+# The official text meta steps (weighting/classifier.py, augmentation/classifier.py): `_get_weights`
+# never calls eval(), so per-example gradients and the dev pass at theta' run with dropout; weights
+# are computed per sub-batch of 8 (each its own lookahead) and are 1 until Adam has state.
+OFFICIAL_TEXT_META_STEP = {"per_example": "train", "dev": "train", "chunk": 8, "uniform_before_adam_state": True}
+OFFICIAL_AUG_META_STEP = {"per_example": "train", "dev": "train"}
 
 TEXT_TABLE_TYPES = {"seeds": int, "protocol": str, "data_seed": int, "backbone": str, "mlm_dir": (str, type(None)),
                     "max_seq_len": int, "batch_size": int, "epochs": int, "min_epochs": int, "lr": float,
                     "weight_decay": float, "test_limit": (int, type(None)), "classes": list, "methods": list,
                     "weighting": dict, "augmentation": dict, "synonym": dict, "settings": dict, "not_run": dict,
-                    "pooling": str}
+                    "pooling": str, "meta_step": dict}
 REQUIRED_TEXT_KEYS = ("seeds", "protocol", "data_seed", "backbone", "max_seq_len", "batch_size", "epochs", "lr",
                       "weight_decay", "methods", "settings")
 TEXT_WEIGHTING_TYPES = {"pretrain_epochs": int, "min_epochs": int, "w_init": float, "w_decay": float, "norm": str,
@@ -111,6 +118,7 @@ def text_run_config(table, setting, method, seed, cfg, profile) -> dict[str, Any
         weighting = dict(cfg.get("weighting", {}))
         config["pretrain_epochs"] = weighting.get("pretrain_epochs", 0)
         config["min_epochs"] = weighting.get("min_epochs", config["min_epochs"])
+        config["meta_step"] = {**OFFICIAL_TEXT_META_STEP, **cfg.get("meta_step", {})}
         if method in PERSISTENT_WEIGHT_METHODS:
             config["weighting"] = {k: weighting[k] for k in ("w_init", "w_decay", "norm", "softmax_temp")}
             if "w_decay" in s:
@@ -126,6 +134,8 @@ def text_run_config(table, setting, method, seed, cfg, profile) -> dict[str, Any
             config["mlm_dir"] = cfg.get("mlm_dir")
             if method == "ours_aug":
                 config["augmentation"]["n_aug_meta"] = aug["n_aug_meta"]
+                config["meta_step"] = {**OFFICIAL_AUG_META_STEP, **{k: v for k, v in cfg.get("meta_step", {}).items()
+                                                                    if k in ("per_example", "dev")}}
     if method == "base_val":
         config["requires"] = {"method": "base", "seeds": cfg["seeds"]}
     return config
@@ -254,7 +264,7 @@ def build_step(config: dict, model, optimizer, train: ArrayData, dev: ArrayData,
     method, seed = config["method"], config["seed"]
     if method not in AUGMENTATION_METHODS:
         step = WeightingMethod(method, model, optimizer, train, dev, num_classes,
-                               WeightingConfig(**config.get("weighting", {})))
+                               WeightingConfig(**config.get("weighting", {})), MetaStepConfig.from_run_config(config))
         return step, _trimmed(step)
     kwargs: dict[str, Any] = {}
     if method == "synonym":
@@ -267,7 +277,8 @@ def build_step(config: dict, model, optimizer, train: ArrayData, dev: ArrayData,
         if method == "ours_aug":
             kwargs.update(augmenter_optimizer=adam_optimizer(adamw_param_groups(augmenter, 0.01),
                                                              lr=aug_cfg["generator_lr"]),
-                          dev=(dev.x, dev.y), n_aug_meta=aug_cfg["n_aug_meta"])
+                          dev=(dev.x, dev.y), n_aug_meta=aug_cfg["n_aug_meta"],
+                          modes=PassModes(**config["meta_step"]) if "meta_step" in config else None)
     step = AugmentationStep(method, model, optimizer, generator=torch.Generator().manual_seed(seed + 3),
                             trim=trim_padding, **kwargs)
     return step, step
