@@ -14,9 +14,9 @@ import logging
 import sys
 from pathlib import Path
 
-from common.allocator import keep_freed_memory
 from common.config import check_profile, load_params, paper_profile
 from common.errors import ReproError
+from common.run.allocator import keep_freed_memory
 
 
 def _profile(args, params) -> str:
@@ -115,13 +115,13 @@ def cmd_bench(args) -> int:
     params = load_params(args.params)
     profile = _profile(args, params)
     if args.suite == "text":
-        from pipelines.bench_text import run_text_benchmark
+        from papers.hu19.bench_text import run_text_benchmark
         table1 = params.get("hu19", {}).get("profiles", {}).get(profile, {}).get("table1", {})
         path = run_text_benchmark(repeats=args.repeats, out_dir=Path(args.out), profile=profile,
                                   mlm_dir=table1.get("mlm_dir"),
                                   n_aug_meta=table1.get("augmentation", {}).get("n_aug_meta", 4))
     else:
-        from pipelines.bench import run_benchmark
+        from papers.hu19.bench import run_benchmark
         path = run_benchmark(args.paper, repeats=args.repeats, out_dir=Path(args.out), profile=profile)
     print(f"wrote {path}")
     return 0
@@ -144,8 +144,8 @@ def _mlm_params(params, profile) -> dict:
 
 def cmd_mlm(args) -> int:
     from common.config import data_mirror
-    from common.mlm_head import mlm_corpus, train_mlm
-    from common.text_models import backbone_dir
+    from common.text.backbones import backbone_dir
+    from common.text.mlm import mlm_corpus, train_mlm
 
     params = load_params(args.params)
     profile = _profile(args, params)
@@ -174,8 +174,8 @@ def cmd_mlm(args) -> int:
 def publish_mlm_report(out_dir: str | Path, profile: str, reports_dir: Path = Path("reports/mlm")) -> Path:
     """Copy the MLM's report (small JSON) to reports/mlm/hu19_<profile>.json: the model itself is
     DVC-cached, not committed, but readers of the hu19 report see its dev loss and sample fills."""
-    from common.mlm_head import REPORT_NAME
-    from common.results import write_json_atomic
+    from common.io import write_json_atomic
+    from common.text.mlm import REPORT_NAME
 
     target = reports_dir / f"hu19_{profile}.json"
     write_json_atomic(target, json.loads((Path(out_dir) / REPORT_NAME).read_text()))

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from common.config import config_hash, data_mirror, table_config
 from common.errors import ConfigError
-from common.results import collect_results
-from common.progress import progress_enabled
-from common.runner import GridReport, make_backend, run_grid
-from common.tracking import Tracker
+from common.run.grid import GridReport, make_backend, run_grid
+from common.run.progress import progress_enabled
+from common.run.results import collect_results
+from common.run.tracking import Tracker
 from pipelines.papers import PAPER_MODULES, paper_module
 
 log = logging.getLogger("repro.grid")

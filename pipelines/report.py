@@ -22,8 +22,8 @@ from matplotlib.patches import Patch
 
 import papers
 from common.errors import ConfigError
-from common.results import collect_results
-from common.tracking import Tracker
+from common.run.results import collect_results
+from common.run.tracking import Tracker
 from pipelines.grid import current_hashes
 from pipelines.papers import PAPER_MODULES
 

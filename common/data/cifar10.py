@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from common.data.mirror import cache_dir, save_npy_atomic, verify_file
+from common.data.mirror import cache_dir, verify_file
 from common.errors import DataError
+from common.io import save_npy_atomic
 
 # sha256 of the mirror files, from the mirror's PROVENANCE.md (official order data_batch_1..5, test_batch).
 SHA256 = {

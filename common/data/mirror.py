@@ -1,22 +1,11 @@
 """Locate raw files in the data mirror ($REPRO_DATA_MIRROR) and verify their sha256."""
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from common.errors import DataError
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+from common.io import sha256_file
 
 
 def verify_file(path: Path, expected_sha256: str) -> Path:
@@ -37,13 +26,3 @@ def cache_dir() -> Path:
     return root
 
 
-def save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -7,7 +7,13 @@ from __future__ import annotations
 from typing import Callable
 
 from common.data.cifar10 import load_cifar10
-from common.data.text import load_imdb, load_sst2, load_sst2_phrases, load_sst5, load_trec
+from common.data.text import (
+    load_imdb,
+    load_sst2,
+    load_sst2_phrases,
+    load_sst5,
+    load_trec,
+)
 from common.errors import ConfigError
 
 DATASETS: dict[str, Callable[[str | None], dict]] = {

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import ConfigError, DataError
-from common.results import write_json_atomic
+from common.io import write_json_atomic
 
 PROTOCOLS = ("fixed", "per_seed")
 

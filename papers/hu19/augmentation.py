@@ -3,9 +3,9 @@
 Every step trains the classifier on the batch's originals plus one augmented copy of each
 example (mean cross-entropy over both, as the official code), and differs in the augmenter:
 
-* `synonym`    WordNet synonym replacement (EDA-style; `common.synonym_augmenter`), one random
+* `synonym`    WordNet synonym replacement (EDA-style; `common.augment.synonym`), one random
                variant per example from variants drawn once per run.
-* `fixed_aug`  label-conditional BERT (CBERT, `common.cbert`) MLM-fitted on the task's train set,
+* `fixed_aug`  label-conditional BERT (CBERT, `common.augment.cbert`) MLM-fitted on the task's train set,
                then frozen; its gumbel-softmax soft samples are consumed as probability-weighted
                input embeddings.
 * `ours_aug`   the same CBERT fine-tuned jointly with the classifier (Eq. 9-10): per batch,
@@ -27,10 +27,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from common.cbert import LabelConditionalMLM, SoftTokens, augmentation_positions, soft_samples
-from common.lookahead import AdamHyper, PassModes, adam_deltas, adam_optimizer_state, in_mode, sparse_embedding_table
-from common.token_batches import logits_by_length
-from common.training import Batch
+from common.augment.cbert import (
+    LabelConditionalMLM,
+    augmentation_positions,
+    soft_samples,
+)
+from common.meta.lookahead import (
+    AdamHyper,
+    PassModes,
+    adam_deltas,
+    adam_optimizer_state,
+    in_mode,
+    sparse_embedding_table,
+)
+from common.text.soft_tokens import SoftTokens
+from common.train.batches import Batch, logits_by_length
 
 
 class _SoftForward(nn.Module):

@@ -13,16 +13,28 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from common.checkpoint import RunCheckpoint
 from common.config import check_block, config_hash
 from common.data import load_dataset
 from common.data.subsample import SplitSpec, load_or_make_split, split_data_seed
 from common.errors import ConfigError
 from common.models import build_image_model
-from common.training import ArrayData, fit_fixed_steps, fit_with_dev_selection, resolve_device
-from papers.hu19.text_tables import execute_text, prepare_text_split, text_run_config, validate_text_table_config
-from papers.hu19.weighting import (PERSISTENT_WEIGHT_METHODS, MetaStepConfig, WeightingConfig, WeightingMethod,
-                                   weighted_step)
+from common.train.batches import ArrayData
+from common.train.checkpoint import RunCheckpoint
+from common.train.device import resolve_device
+from common.train.loop import fit_fixed_steps, fit_with_dev_selection
+from common.train.steps import weighted_step
+from papers.hu19.text_tables import (
+    execute_text,
+    prepare_text_split,
+    text_run_config,
+    validate_text_table_config,
+)
+from papers.hu19.weighting import (
+    PERSISTENT_WEIGHT_METHODS,
+    MetaStepConfig,
+    WeightingConfig,
+    WeightingMethod,
+)
 
 PAPER = "hu19"
 LOOKAHEAD_METHODS = ("ren", *PERSISTENT_WEIGHT_METHODS)

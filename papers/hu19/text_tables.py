@@ -2,7 +2,7 @@
 
 Table 1: low-data text classification, SST-5 (40 train + 2 dev per class), IMDB and TREC (40 + 5),
 all seven methods. Table 3: imbalanced SST-2, minority label 0 at 20/50/100 vs 1000 majority, 10 dev
-per class, weighting methods. Backbone per profile (`common.text_models`); Adam with weight decay
+per class, weighting methods. Backbone per profile (`common.text`); Adam with weight decay
 0.01 except bias/LayerNorm (the official `optim.Adam` with L2 decay, no warm-up).
 
 Schedules, as the official scripts: `base` trains `epochs`; `ren`/`ours_weight` first pretrain
@@ -22,18 +22,31 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from common.checkpoint import RunCheckpoint
 from common.config import check_block, config_hash
 from common.data import load_dataset
-from common.data.subsample import DEV_SOURCES, SplitSpec, load_or_make_split, split_data_seed
+from common.data.subsample import (
+    DEV_SOURCES,
+    SplitSpec,
+    load_or_make_split,
+    split_data_seed,
+)
 from common.errors import ConfigError
-from common.text_models import (adam_optimizer, adamw_param_groups, build_text_classifier, check_pooling,
-                                encode_texts, load_tokenizer)
-from common.lookahead import PassModes
-from common.token_batches import trim_padding
-from common.training import ArrayData, Batch, fit_fixed_steps, fit_with_dev_selection, resolve_device
-from papers.hu19.weighting import (PERSISTENT_WEIGHT_METHODS, MetaStepConfig, WeightingConfig, WeightingMethod,
-                                   weighted_step)
+from common.io import sha256_file
+from common.meta.lookahead import PassModes
+from common.text.backbones import encode_texts, load_tokenizer
+from common.text.classifier import build_text_classifier, check_pooling
+from common.train.batches import ArrayData, Batch, trim_padding
+from common.train.checkpoint import RunCheckpoint
+from common.train.device import resolve_device
+from common.train.loop import fit_fixed_steps, fit_with_dev_selection
+from common.train.optimizers import adam_optimizer, adamw_param_groups
+from common.train.steps import weighted_step
+from papers.hu19.weighting import (
+    PERSISTENT_WEIGHT_METHODS,
+    MetaStepConfig,
+    WeightingConfig,
+    WeightingMethod,
+)
 
 PAPER = "hu19"
 log = logging.getLogger("repro.hu19.text")
@@ -178,20 +191,12 @@ def load_text_split(config: dict, mirror: str | None, tokenizer, split_path=None
 
 
 def _synonym_variants(texts: list[str], labels, cfg: dict, tokenizer, max_seq_len: int, seed: int) -> torch.Tensor:
-    from common.synonym_augmenter import SynonymAugmenter
+    from common.augment.synonym import SynonymAugmenter
     augmenter = SynonymAugmenter(cfg["p_replace"], cfg["max_replacements"])
     rng = np.random.default_rng(seed)
     variants = [encode_texts(tokenizer, [augmenter.augment(t, rng) for t in texts], max_seq_len)[0]
                 for _ in range(cfg["n_variants"])]
     return torch.stack(variants)
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def augmenter_fit_key(config: dict, train: ArrayData, dev: ArrayData, num_labels: int) -> str:
@@ -204,7 +209,7 @@ def augmenter_fit_key(config: dict, train: ArrayData, dev: ArrayData, num_labels
         data.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     aug = config["augmentation"]
     return config_hash({"backbone": config["backbone"], "num_labels": num_labels, "seed": config["seed"],
-                        "mlm": _file_sha256(weights) if weights and weights.is_file() else None,
+                        "mlm": sha256_file(weights) if weights and weights.is_file() else None,
                         "fit": {k: aug[k] for k in ("cbert_epochs", "cbert_batch_size", "generator_lr")},
                         "data": data.hexdigest()})
 
@@ -214,8 +219,8 @@ def _fit_augmenter(config, classifier_device, train, dev, num_labels, seed, cach
     `ours_aug` of one (setting, seed) fit the identical augmenter, so the fit (weights, history and
     the global RNG state right after it) is cached at `cache_path` under `augmenter_fit_key`: the
     second run loads it and goes on exactly as if it had fitted it itself (~20 CBERT epochs saved)."""
-    from common.cbert import LabelConditionalMLM, fit_cbert
-    from common.mlm_head import load_mlm_model
+    from common.augment.cbert import LabelConditionalMLM, fit_cbert
+    from common.text.mlm import load_mlm_model
     aug = config["augmentation"]
     cache = RunCheckpoint(cache_path, augmenter_fit_key(config, train, dev, num_labels)) if cache_path else None
     torch.manual_seed(seed + 1)
@@ -332,7 +337,12 @@ def _figure2_hook(step, tokenizer, config, on_epoch, extra):
     """Record the augmenter's top-5 substitutions of the hu19 Figure 2 words before joint training
     and after training epochs 1, 3 (the paper's) and the last (SST-5 only: the sentence is an SST
     review). A resumed run records only the epochs it trains after resuming."""
-    from common.cbert import FIGURE2_LABEL, FIGURE2_SENTENCE, FIGURE2_WORDS, top_k_substitutions
+    from common.augment.cbert import (
+        FIGURE2_LABEL,
+        FIGURE2_SENTENCE,
+        FIGURE2_WORDS,
+        top_k_substitutions,
+    )
     if config["dataset"] != "sst5":
         return on_epoch
     label = FIGURE2_LABEL

@@ -17,7 +17,7 @@ weights w_hat summing to 1 (Eq. 12, minibatch form). They differ only in how w_h
                 (= `ours_weight`) steps with raw phi, whose lookahead grows with phi.
 
 Pass by pass as the official code (`MetaStepConfig`, from the run config): each pass of the meta
-step in its train/eval mode (`common.lookahead.PassModes`); text weights per sub-batch of
+step in its train/eval mode (`common.meta.lookahead.PassModes`); text weights per sub-batch of
 `chunk` examples (the official `for i in range(0, batch_size, 8)`), each with its own lookahead
 from the same theta, normalised over the whole batch; and, with Adam, uniform weights (phi kept)
 while the optimizer has no state yet (the official `_get_weights` returns ones until then).
@@ -27,14 +27,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from common.data_weights import PersistentWeights, l2rw_weights, normalize, normalize_vjp, proportion_weights
 from common.errors import ConfigError
-from common.lookahead import PassModes, lookahead_meta_gradient
-from common.token_batches import is_token_batch, logits_by_length
-from common.training import ArrayData, Batch, check_finite
+from common.meta.data_weights import (
+    PersistentWeights,
+    l2rw_weights,
+    normalize,
+    normalize_vjp,
+    proportion_weights,
+)
+from common.meta.lookahead import PassModes, lookahead_meta_gradient
+from common.train.batches import ArrayData, Batch
+from common.train.loop import check_finite
+from common.train.steps import weighted_step
 
 WEIGHTING_METHODS = ("base", "proportion", "ren", "ours_weight", "ours_weight_eq12")
 PERSISTENT_WEIGHT_METHODS = ("ours_weight", "ours_weight_eq12")   # keep phi; need a `weighting` config
@@ -66,16 +72,6 @@ class MetaStepConfig:
         return cls(PassModes(**block), chunk, uniform, config["seed"])
 
 
-def weighted_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch, weights: torch.Tensor) -> float:
-    """One optimizer step on sum_i weights_i * CE_i in train mode; returns the unweighted mean loss.
-    Token-id batches run in length groups (`common.token_batches`: same losses, less padding)."""
-    model.train()
-    optimizer.zero_grad(set_to_none=True)
-    logits = logits_by_length(model, batch.x) if is_token_batch(batch.x) else model(batch.x)
-    losses = F.cross_entropy(logits, batch.y, reduction="none")
-    (losses * weights.detach().to(losses.device)).sum().backward()
-    optimizer.step()
-    return float(losses.detach().mean())
 
 
 class WeightingMethod:

@@ -3,7 +3,7 @@ import platform
 
 import pytest
 
-from common import allocator
+from common.run import allocator
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")

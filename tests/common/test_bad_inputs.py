@@ -16,13 +16,13 @@ import pytest
 import torch
 import yaml
 
-from common.checkpoint import RunCheckpoint
 from common.config import config_hash, load_params
 from common.data.cifar10 import SHA256, _read_npz, load_cifar10
 from common.data.subsample import SplitSpec, load_or_make_split
 from common.data.text import read_jsonl
 from common.errors import ConfigError, DataError
 from common.models import build_image_model
+from common.train.checkpoint import RunCheckpoint
 from papers.hu19 import tables
 from pipelines import cli
 from pipelines.grid import table_configs

@@ -1,14 +1,24 @@
-"""common.cbert: the label-conditional BERT augmenter, its gumbel-softmax soft samples, the gradient
+"""common.augment.cbert: the label-conditional BERT augmenter, its gumbel-softmax soft samples, the gradient
 path from the classifier into the augmenter, MLM fitting, and the soft-token classifier input."""
 import pytest
 import torch
 import torch.nn.functional as F
 from transformers import BertConfig, BertForMaskedLM
 
-from common.cbert import (FIGURE2_SENTENCE, FIGURE2_WORDS, LabelConditionalMLM, SoftTokens, augmentation_positions,
-                          fit_cbert, gumbel_noise, soft_samples, top_k_substitutions)
+from common.augment.cbert import (
+    FIGURE2_SENTENCE,
+    FIGURE2_WORDS,
+    LabelConditionalMLM,
+    augmentation_positions,
+    fit_cbert,
+    gumbel_noise,
+    soft_samples,
+    top_k_substitutions,
+)
 from common.errors import ConfigError
-from common.text_models import TINY_CONFIG, TextClassifier, build_encoder, load_tokenizer
+from common.text.backbones import TINY_CONFIG, build_encoder, load_tokenizer
+from common.text.classifier import TextClassifier
+from common.text.soft_tokens import SoftTokens
 
 VOCAB = 1100            # > 1000: mask_tokens draws random replacements from ids >= 1000
 CLS, SEP, MASK = 101, 102, 103

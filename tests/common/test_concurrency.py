@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from common.checkpoint import RunCheckpoint
-from common.results import REQUIRED_KEYS
+from common.run.results import REQUIRED_KEYS
+from common.train.checkpoint import RunCheckpoint
 from tests.conftest import REPO
 
 N_PROCESSES = 4
@@ -129,7 +129,7 @@ def test_concurrent_split_and_result_writes_leave_no_temp_files(tmp_path):
     import numpy as np
 
     from common.data.subsample import SplitSpec, load_or_make_split
-    from common.results import write_json_atomic
+    from common.io import write_json_atomic
 
     labels = np.tile(np.arange(10), 60)
     spec = SplitSpec("toy", tuple(range(10)), (4,) * 10, 2, 100)

@@ -7,7 +7,8 @@ import yaml
 
 from common.config import config_hash, load_params, paper_profile, table_config
 from common.errors import ConfigError, ResultConflictError
-from common.results import RunKey, archive_result, read_result, result_status, write_json_atomic
+from common.io import write_json_atomic
+from common.run.results import RunKey, archive_result, read_result, result_status
 from tests.conftest import REPO
 
 
@@ -129,7 +130,7 @@ def test_git_sha_is_dirty_for_code_edits_only(tmp_path):
     """Committing result files while runs go on must not mark the runs' code as dirty."""
     import subprocess
 
-    from common.runner import git_sha
+    from common.run.job import git_sha
 
     def git(*args):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)

@@ -7,7 +7,12 @@ import pytest
 
 from common.data import load_dataset
 from common.data.cifar10 import SHA256, load_cifar10
-from common.data.subsample import SplitSpec, load_or_make_split, make_split, split_data_seed
+from common.data.subsample import (
+    SplitSpec,
+    load_or_make_split,
+    make_split,
+    split_data_seed,
+)
 from common.errors import ConfigError, DataError
 
 LABELS = np.repeat(np.arange(10), 60)[np.random.default_rng(0).permutation(600)]

@@ -2,9 +2,16 @@
 import pytest
 import torch
 
-from common.data_weights import (WEIGHT_FLOOR, PersistentWeights, l2rw_weights, linear_normalize, normalize,
-                                 normalize_vjp,
-                                 proportion_weights, softmax_normalize)
+from common.meta.data_weights import (
+    WEIGHT_FLOOR,
+    PersistentWeights,
+    l2rw_weights,
+    linear_normalize,
+    normalize,
+    normalize_vjp,
+    proportion_weights,
+    softmax_normalize,
+)
 
 
 def test_linear_normalize_clamps_and_sums_to_one():

@@ -5,10 +5,19 @@ import pytest
 import torch
 from torch import nn
 
-from common.lookahead import (AdamHyper, SGDHyper, adam_meta_gradient, adam_optimizer_state,
-                              lookahead_meta_gradient, model_buffers, per_example_losses,
-                              reference_meta_gradient, sgd_meta_gradient, sgd_optimizer_state,
-                              trainable_params)
+from common.meta.lookahead import (
+    AdamHyper,
+    SGDHyper,
+    adam_meta_gradient,
+    adam_optimizer_state,
+    lookahead_meta_gradient,
+    model_buffers,
+    per_example_losses,
+    reference_meta_gradient,
+    sgd_meta_gradient,
+    sgd_optimizer_state,
+    trainable_params,
+)
 
 
 def tiny_model():
@@ -156,7 +165,7 @@ def test_parameter_groups_with_different_weight_decay(problem, opt_cls):
 
 def test_fused_adam_deltas_equal_the_eager_ones():
     """The compiled one-pass kernel (used for BERT-sized tensors) gives the eager deltas."""
-    from common.lookahead import AdamHyper, adam_deltas
+    from common.meta.lookahead import AdamHyper, adam_deltas
 
     g = torch.Generator().manual_seed(0)
     params = {"w": torch.randn(7, 5, generator=g), "b": torch.randn(5, generator=g)}

@@ -1,4 +1,4 @@
-"""common.mlm_head: BERT masking, MLM training on the tiny model (learns, atomic, no overwrite), loading,
+"""common.text.mlm: BERT masking, MLM training on the tiny model (learns, atomic, no overwrite), loading,
 tied decoder, the train-pool-only corpus, and `repro mlm`."""
 import json
 import os
@@ -7,10 +7,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from common import mlm_head
+from common.text import mlm as mlm_head
 from common.errors import ConfigError
-from common.mlm_head import PROBE_SENTENCES, load_mlm_model, mask_tokens, mlm_corpus, top_k_fills, train_mlm
-from common.text_models import adamw_param_groups, load_tokenizer, minilm_dir
+from common.text.backbones import load_tokenizer, minilm_dir
+from common.text.mlm import (
+    PROBE_SENTENCES,
+    load_mlm_model,
+    mask_tokens,
+    mlm_corpus,
+    top_k_fills,
+    train_mlm,
+)
+from common.train.optimizers import adamw_param_groups
 
 SENTENCE = "the cat sat on the mat ."
 

@@ -1,5 +1,5 @@
 """Progress bars: on for terminals or REPRO_PROGRESS=1, quiet in CI; epoch bar counts epochs."""
-from common.progress import progress_bar, progress_enabled
+from common.run.progress import progress_bar, progress_enabled
 
 
 def test_enabled_by_flag_and_quiet_in_ci(monkeypatch):

@@ -12,8 +12,10 @@ import yaml
 
 from common.config import load_params, runner_options
 from common.errors import ConfigError, ReproError
-from common.results import read_result
-from common.runner import Job, LocalBackend, make_backend
+from common.run.grid import make_backend
+from common.run.job import Job
+from common.run.local_backend import LocalBackend
+from common.run.results import read_result
 from pipelines.grid import run_tables
 from tests.conftest import REPO
 
@@ -58,7 +60,7 @@ def test_ray_runner_keys_are_optional_and_local_needs_no_ray(tmp_path):
 
 
 def test_driver_copy_of_a_remote_result(tmp_path):
-    from common.ray_backend import keep_driver_copy
+    from common.run.ray_backend import keep_driver_copy
 
     result = {"paper": "x", "table": "t", "setting": "s", "method": "m", "seed": 0, "profile": "smoke",
               "config_hash": "abc", "git_sha": "g", "metrics": {"test_acc": 1.0}, "wall_s": 1.0,
@@ -123,7 +125,7 @@ def ray_cluster(tmp_path_factory):
 
 
 def test_failures_are_collected_and_repro_errors_stop_the_grid(ray_cluster, tmp_path):
-    from common.ray_backend import RayBackend
+    from common.run.ray_backend import RayBackend
 
     backend = RayBackend(ray_cluster.address, num_cpus=1, workers=2)
     out = {job.config["method"]: (result, error)

@@ -10,10 +10,18 @@ import yaml
 
 import pipelines.report as report
 from common.config import config_hash, load_params
-from common.results import RunKey, write_json_atomic
+from common.io import write_json_atomic
+from common.run.results import RunKey
 from papers.hu19.tables import resolve_requirements
 from pipelines.grid import table_configs
-from pipelines.report import Stats, Verdict, like_for_like_verdict, ordering_verdict, seed_stats, table_deviations
+from pipelines.report import (
+    Stats,
+    Verdict,
+    like_for_like_verdict,
+    ordering_verdict,
+    seed_stats,
+    table_deviations,
+)
 from tests.conftest import REPO
 
 PUBLISHED = {

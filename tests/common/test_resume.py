@@ -13,8 +13,9 @@ import torch
 import yaml
 from torch import nn
 
-from common.checkpoint import RunCheckpoint
-from common.training import ArrayData, NonFiniteError, fit_fixed_steps, fit_with_dev_selection
+from common.train.batches import ArrayData
+from common.train.checkpoint import RunCheckpoint
+from common.train.loop import NonFiniteError, fit_fixed_steps, fit_with_dev_selection
 from tests.conftest import REPO
 
 
@@ -191,7 +192,7 @@ def test_sigkill_at_20_points_resumes_to_identical_metrics(tmp_path, mirror):
 
 
 def test_fit_outcome_assembles_metrics_history_and_divergence():
-    from common.training import FitResult
+    from common.train.loop import FitResult
     fit = FitResult(best_dev_acc=40.0, test_acc=37.5, best_epoch=3, steps_at_best=120, history=[{"epoch": 1}],
                     diverged={"epoch": 5, "reason": "NaN"})
     out = fit.outcome(n_train=400, n_dev=20, n_test=10000, wall_s=12.0, device="cpu",

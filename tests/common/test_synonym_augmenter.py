@@ -1,10 +1,18 @@
-"""common.synonym_augmenter: the nltk WordNet folder built from Debian's files, and the augmenter."""
+"""common.augment.synonym: the nltk WordNet folder built from Debian's files, and the augmenter."""
 import numpy as np
 import pytest
 
+from common.augment.synonym import (
+    _WORD,
+    APT_HINT,
+    DEBIAN_WORDNET,
+    STOPWORDS,
+    WORDNET_FILES,
+    SynonymAugmenter,
+    load_wordnet,
+    wordnet_dir,
+)
 from common.errors import DataError
-from common.synonym_augmenter import (_WORD, APT_HINT, DEBIAN_WORDNET, STOPWORDS, WORDNET_FILES, SynonymAugmenter,
-                                      load_wordnet, wordnet_dir)
 
 SENTENCES = [
     "The movie was a striking, beautiful film about grey skies.",

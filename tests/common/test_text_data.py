@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.data import DATASETS, load_dataset
-from common.data import text
-from common.data.mirror import sha256_file
+from common.data import DATASETS, load_dataset, text
 from common.data.subsample import SplitSpec, make_split
 from common.errors import DataError
+from common.io import sha256_file
 
 # PROVENANCE.md per-class counts of the mirror.
 EXPECTED = {

@@ -1,14 +1,15 @@
-"""common.text_models: soft inputs, offline MiniLM, per-example meta-gradients, optimiser groups, errors."""
+"""common.text: soft inputs, offline MiniLM, per-example meta-gradients, optimiser groups, errors."""
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import text_models
+from common.text import backbones as text_models
 from common.errors import ConfigError
-from common.lookahead import lookahead_meta_gradient, reference_meta_gradient
-from common.text_models import (adamw_param_groups, build_text_classifier, encode_texts, load_tokenizer,
-                                minilm_dir)
+from common.meta.lookahead import lookahead_meta_gradient, reference_meta_gradient
+from common.text.backbones import encode_texts, load_tokenizer, minilm_dir
+from common.text.classifier import build_text_classifier
+from common.train.optimizers import adamw_param_groups
 
 VOCAB = 100   # tiny vocabulary for the random model: fast per-example gradients
 

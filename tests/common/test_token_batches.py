@@ -5,12 +5,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common import token_batches
-from common.lookahead import dev_loss_grad, model_buffers, per_example_losses, trainable_params
-from common.text_models import TextClassifier, build_encoder
-from common.token_batches import GROUP_OVERHEAD_TOKENS, length_groups, logits_by_length, trim_padding
-from common.training import Batch
-from papers.hu19.weighting import weighted_step
+from common.train import batches as token_batches
+from common.meta.lookahead import (
+    dev_loss_grad,
+    model_buffers,
+    per_example_losses,
+    trainable_params,
+)
+from common.text.backbones import build_encoder
+from common.text.classifier import TextClassifier
+from common.train.batches import (
+    GROUP_OVERHEAD_TOKENS,
+    Batch,
+    length_groups,
+    logits_by_length,
+    trim_padding,
+)
+from common.train.steps import weighted_step
 
 
 def padded(lengths, width=None, seed=0):

@@ -1,5 +1,5 @@
 """MLflow: committed results are logged once per result (idempotent sync), tagged for browsing."""
-from common.tracking import Tracker, result_id
+from common.run.tracking import Tracker, result_id
 
 
 def fake_result(seed, method="base"):

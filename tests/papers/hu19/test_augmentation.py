@@ -5,10 +5,13 @@ import torch
 import torch.nn.functional as F
 from transformers import BertConfig, BertForMaskedLM
 
-from common.cbert import LabelConditionalMLM, SoftTokens, augmentation_positions
-from common.text_models import TINY_CONFIG, TextClassifier, adamw_param_groups, build_encoder
+from common.augment.cbert import LabelConditionalMLM, augmentation_positions
+from common.text.backbones import TINY_CONFIG, build_encoder
+from common.text.classifier import TextClassifier
+from common.text.soft_tokens import SoftTokens
+from common.train.batches import Batch
+from common.train.optimizers import adamw_param_groups
 from papers.hu19.augmentation import AugmentationStep, lookahead_dev_loss
-from common.training import Batch
 
 VOCAB = 60
 

@@ -1,7 +1,7 @@
 """The benchmark's batched weights equal the per-example loop's, and it records ratios."""
 import json
 
-from pipelines.bench import run_benchmark
+from papers.hu19.bench import run_benchmark
 
 
 def test_benchmark_smoke_profile(tmp_path):
@@ -20,7 +20,7 @@ def test_benchmark_smoke_profile(tmp_path):
 
 
 def test_text_benchmark_smoke_profile(tmp_path):
-    from pipelines.bench_text import run_text_benchmark
+    from papers.hu19.bench_text import run_text_benchmark
 
     path = run_text_benchmark(repeats=1, out_dir=tmp_path, profile="smoke", n_aug_meta=2)
     bench = json.loads(path.read_text())

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from common.lookahead import PassModes, lookahead_meta_gradient, trainable_params
+from common.meta.lookahead import PassModes, lookahead_meta_gradient, trainable_params
+from common.train.batches import ArrayData, Batch
 from papers.hu19.weighting import MetaStepConfig, WeightingConfig, WeightingMethod
-from common.training import ArrayData, Batch
 
 
 def bn_net():

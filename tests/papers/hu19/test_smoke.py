@@ -7,7 +7,7 @@ import torch
 
 from common.config import load_params
 from common.errors import ResultConflictError
-from common.training import ArrayData, Batch
+from common.train.batches import ArrayData, Batch
 from papers.hu19.tables import execute, resolve_requirements
 from papers.hu19.weighting import WeightingConfig, WeightingMethod
 from pipelines import cli

@@ -2,7 +2,8 @@
 import yaml
 
 from common.config import config_hash, load_params
-from common.results import RunKey, write_json_atomic
+from common.io import write_json_atomic
+from common.run.results import RunKey
 from pipelines import cli
 from pipelines.grid import grid_status, table_configs
 from tests.conftest import REPO

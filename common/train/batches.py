@@ -1,4 +1,5 @@
-"""Batches of token ids [B, L] (int64, right-padded with [PAD] = 0): trimming and length groups.
+"""Data sets as tensors (`ArrayData`), minibatches with example ids (`Batch`), and token-id batches
+[B, L] (int64, right-padded with [PAD] = 0): trimming and length groups.
 
 A transformer's cost grows with the padded width, and a random batch is padded to its longest row.
 On the SST-2 phrase pool of hu19 Table 3 an epoch holds 13.9k real tokens but 41.3k after padding
@@ -9,11 +10,44 @@ are masked out of attention exactly) for a fraction of the cost; the batch itsel
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from torch import Tensor
 
+
+@dataclass
+class Batch:
+    x: Tensor
+    y: Tensor
+    ids: Tensor           # positions in the training set (for persistent per-example state)
+
+
+@dataclass
+class ArrayData:
+    """In-memory tensors of one split."""
+
+    x: Tensor
+    y: Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def to(self, device: torch.device) -> "ArrayData":
+        return ArrayData(self.x.to(device), self.y.to(device))
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
+        order = torch.randperm(len(self), generator=generator) if generator is not None else torch.arange(len(self))
+        for start in range(0, len(self), batch_size):
+            ids = order[start:start + batch_size]
+            on_device = ids.to(self.x.device)
+            yield Batch(self.x[on_device], self.y[on_device], ids)
+
+
 PAD_ID = 0
+
+
 GROUP_OVERHEAD_TOKENS = 32     # a group's fixed cost in padded-token equivalents (call overheads)
 
 
@@ -21,10 +55,14 @@ def is_token_batch(x: Tensor) -> bool:
     return x.dim() == 2 and x.dtype == torch.int64
 
 
+def real_width(ids: Tensor) -> int:
+    """Columns up to the longest row's last real token (>= 1): the width without right padding."""
+    return max(int((ids != PAD_ID).sum(1).max()), 1) if len(ids) else 1
+
+
 def trim_padding(ids: Tensor) -> Tensor:
     """Drop the all-[PAD] columns at the right of a batch of token ids."""
-    longest = int((ids != PAD_ID).sum(1).max()) if len(ids) else 1
-    return ids[:, :max(longest, 1)]
+    return ids[:, :real_width(ids)]
 
 
 def length_groups(ids: Tensor, max_groups: int = 4) -> list[Tensor]:

@@ -7,83 +7,29 @@ first best-dev epoch.
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
-from common.checkpoint import RunCheckpoint, capture, restore
 from common.errors import ReproError
+from common.train.batches import ArrayData, Batch
+from common.train.checkpoint import RunCheckpoint, capture, restore
+from common.train.evaluation import accuracy
 
 
 class NonFiniteError(ReproError):
     """A loss or meta-gradient became NaN/inf."""
 
 
-@dataclass
-class Batch:
-    x: Tensor
-    y: Tensor
-    ids: Tensor           # positions in the training set (for persistent per-example state)
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """`auto`: the first CUDA GPU when one is present, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
-@dataclass
-class ArrayData:
-    """In-memory tensors of one split."""
-
-    x: Tensor
-    y: Tensor
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def to(self, device: torch.device) -> "ArrayData":
-        return ArrayData(self.x.to(device), self.y.to(device))
-
-    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
-        order = torch.randperm(len(self), generator=generator) if generator is not None else torch.arange(len(self))
-        for start in range(0, len(self), batch_size):
-            ids = order[start:start + batch_size]
-            on_device = ids.to(self.x.device)
-            yield Batch(self.x[on_device], self.y[on_device], ids)
 
 
-@torch.no_grad()
-def accuracy(model: nn.Module, data: ArrayData, batch_size: int = 500) -> float:
-    """Top-1 accuracy in percent, eval mode. Image batches run on a channels_last copy of the
-    model (about 2x faster on CPU for large eval sets; the model itself is left untouched). Token-id
-    data (int64 [N, L], pad id 0) is scored in length order, each batch cut to its longest row."""
-    if len(data) == 0:
-        return 0.0
-    image = data.x.dim() == 4
-    tokens = data.x.dim() == 2 and data.x.dtype == torch.int64
-    net = copy.deepcopy(model).to(memory_format=torch.channels_last) if image and len(data) > batch_size else model
-    was_training = model.training
-    net.eval()
-    correct = 0
-    if tokens:
-        lengths = (data.x != 0).sum(1)
-        order = torch.argsort(lengths, stable=True)
-        for start in range(0, len(data), batch_size):
-            idx = order[start:start + batch_size]
-            width = max(int(lengths[idx].max()), 1)
-            correct += int((net(data.x[idx, :width]).argmax(1) == data.y[idx]).sum())
-    else:
-        for batch in data.batches(batch_size):
-            x = batch.x.contiguous(memory_format=torch.channels_last) if net is not model else batch.x
-            correct += int((net(x).argmax(1) == batch.y).sum())
-    model.train(was_training)
-    return 100.0 * correct / len(data)
 
 
 def check_finite(value: float | Tensor, what: str) -> None:

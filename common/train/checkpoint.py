@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from common.io import write_file_atomic
 
 log = logging.getLogger("repro.checkpoint")
 
@@ -49,21 +50,13 @@ class RunCheckpoint:
     def save(self, state: dict[str, Any]) -> None:
         if self.path is None:
             return
-        tmp = None
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-            os.close(fd)
-            torch.save({**state, "config_hash": self.config_hash}, tmp)
-            os.replace(tmp, self.path)
+            write_file_atomic(self.path, lambda tmp: torch.save({**state, "config_hash": self.config_hash}, tmp))
         except OSError as exc:
             # Unwritable checkpoint folder, or another process starting the same run removed our temp
             # file as stale (concurrent `repro run`s): a checkpoint is only a shortcut, the run goes on.
             log.warning("%s: checkpoint not written (%s: %s); the run goes on without it", self.path,
                         type(exc).__name__, exc)
-        finally:
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
 
     def remove(self) -> None:
         if self.path is not None:

@@ -13,16 +13,22 @@ import time
 from pathlib import Path
 
 import torch
-
-from common.data_weights import normalize
 from torch.func import jvp
 
-from common.lookahead import (dev_loss_grad, lookahead_meta_gradient, model_buffers, per_example_losses,
-                              reference_meta_gradient, trainable_params)
+from common.io import write_json_atomic
+from common.meta.data_weights import normalize
+from common.meta.lookahead import (
+    dev_loss_grad,
+    lookahead_meta_gradient,
+    model_buffers,
+    per_example_losses,
+    reference_meta_gradient,
+    trainable_params,
+)
 from common.models import build_image_model
-from common.results import write_json_atomic
-from common.training import ArrayData, Batch
-from papers.hu19.weighting import WeightingConfig, WeightingMethod, weighted_step
+from common.train.batches import ArrayData, Batch
+from common.train.steps import weighted_step
+from papers.hu19.weighting import WeightingConfig, WeightingMethod
 
 SETUPS = {  # profile -> (arch, batch, dev, threads)
     "smoke": ("resnet18", 4, 4, 1),

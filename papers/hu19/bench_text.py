@@ -15,9 +15,11 @@ from pathlib import Path
 
 import torch
 
-from common.results import write_json_atomic
-from common.text_models import adam_optimizer, adamw_param_groups, build_text_classifier, encode_texts, load_tokenizer
-from common.training import ArrayData, Batch
+from common.io import write_json_atomic
+from common.text.backbones import encode_texts, load_tokenizer
+from common.text.classifier import build_text_classifier
+from common.train.batches import ArrayData, Batch
+from common.train.optimizers import adam_optimizer, adamw_param_groups
 
 BACKBONES = {"smoke": "tiny-random-bert", "cpu": "all-MiniLM-L6-v2", "paper": "bert-base-uncased"}
 SENTENCES = [  # SST-style review sentences (fixed, so the benchmark needs no data mirror)
@@ -40,10 +42,10 @@ SENTENCES = [  # SST-style review sentences (fixed, so the benchmark needs no da
 def _augmenter(backbone: str, num_labels: int, mlm_dir: str | None):
     from transformers import BertConfig, BertForMaskedLM
 
-    from common.cbert import LabelConditionalMLM
-    from common.text_models import ATTN_IMPLEMENTATION, TINY_CONFIG, backbone_dir
+    from common.augment.cbert import LabelConditionalMLM
+    from common.text.backbones import ATTN_IMPLEMENTATION, TINY_CONFIG, backbone_dir
     if mlm_dir and Path(mlm_dir).exists():
-        from common.mlm_head import load_mlm_model
+        from common.text.mlm import load_mlm_model
         mlm = load_mlm_model(backbone, mlm_dir)
     elif backbone == "tiny-random-bert":
         mlm = BertForMaskedLM(BertConfig(attn_implementation=ATTN_IMPLEMENTATION, **TINY_CONFIG))
@@ -77,12 +79,18 @@ def _ours_weight_parts(medians: dict[str, float]) -> list[dict]:
 
 def run_text_benchmark(repeats: int = 5, out_dir: Path = Path("reports/benchmarks"), profile: str = "cpu",
                        mlm_dir: str | None = None, batch_size: int = 8, n_dev: int = 10, n_aug_meta: int = 4) -> Path:
-    from common.cbert import augmentation_positions, soft_samples
-    from common.lookahead import (dev_loss_grad, lookahead_meta_gradient, model_buffers, per_example_grads_token_rows,
-                                  trainable_params)
+    from common.augment.cbert import augmentation_positions, soft_samples
+    from common.meta.lookahead import (
+        dev_loss_grad,
+        lookahead_meta_gradient,
+        model_buffers,
+        per_example_grads_token_rows,
+        trainable_params,
+    )
+    from common.train.steps import weighted_step
     from papers.hu19.augmentation import AugmentationStep, lookahead_dev_loss
     from papers.hu19.text_tables import trim_padding
-    from papers.hu19.weighting import WeightingConfig, WeightingMethod, weighted_step
+    from papers.hu19.weighting import WeightingConfig, WeightingMethod
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -199,7 +207,7 @@ def run_text_benchmark(repeats: int = 5, out_dir: Path = Path("reports/benchmark
         "notes": ["ours_weight: Adam deltas need per-example gradients (torch.func.vmap); the lookahead and dev "
                   "gradient add about one more forward/backward. The word-embedding table (11.7M of MiniLM's 22.7M "
                   "parameters) is handled exactly as Delta_0 + per-example corrections on the batch's token rows "
-                  "(common.lookahead.adam_meta_gradient); the dense row shows the cost without that. "
+                  "(common.meta.lookahead.adam_meta_gradient); the dense row shows the cost without that. "
                   "The 'of which' rows are timed separately in the same process (they need not add up exactly): "
                   f"per-example gradients, the dev gradient and the real step alone cost {floor:.2f}x a base step, "
                   "so a 3x target leaves little or nothing for the Adam deltas; getting under it would need the "

@@ -36,7 +36,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vmap
 
-from common.token_batches import is_token_batch, length_groups, logits_by_length, trim_padding
+from common.train.batches import (
+    is_token_batch,
+    length_groups,
+    logits_by_length,
+    trim_padding,
+)
 
 ParamDict = dict[str, Tensor]
 log = logging.getLogger("repro.lookahead")
@@ -340,7 +345,7 @@ def per_example_grads_token_rows(model: nn.Module, rest: ParamDict, table_weight
                                  buffers: ParamDict, x: Tensor, y: Tensor) -> tuple[Tensor, ParamDict, Tensor, Tensor]:
     """Per-example gradients with a word-embedding table kept sparse: (R = the batch's distinct token
     ids, {name: [B, *shape]} for the other parameters, [B, |R|, H] gradient of the table's rows R,
-    `order`). Rows run in length groups, each trimmed to its longest row (`common.token_batches`),
+    `order`). Rows run in length groups, each trimmed to its longest row (`common.train.batches`),
     so the gradients come in the order `order` of the batch's rows (x[order]). The gradient w.r.t.
     the gathered embeddings E[x_i] is summed per token id (repeated tokens)."""
     rows, inverse = torch.unique(x, return_inverse=True)

@@ -19,17 +19,17 @@ fixed augmenter (the `fixed_aug` baseline, Wu et al. 2019).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from common.text_models import adam_optimizer, adamw_param_groups
+from common.text.soft_tokens import SoftTokens
+from common.train.batches import PAD_ID, real_width
+from common.train.optimizers import adam_optimizer, adamw_param_groups
 
 BERT_MASK_ID = 103     # "[MASK]" in the bert-base-uncased WordPiece vocabulary
-PAD_ID = 0             # "[PAD]"
 DEV_MASK_SEED = 1234   # the dev MLM loss always uses the same masks (comparable across epochs)
 WEIGHT_DECAY = 0.01    # hu19: 0.01 except biases and LayerNorm parameters
 
@@ -85,40 +85,6 @@ class LabelConditionalMLM(nn.Module):
         return self.mlm.cls(self.encode(input_ids, labels, attention_mask))
 
 
-@dataclass
-class SoftTokens:
-    """Soft one-hot token inputs, stored sparsely: rows of `input_ids` are one-hot everywhere except
-    at the M True entries of `positions` (row-major order), whose distributions are `probs` [M, V].
-    (The dense [B, L, V] tensor is 60+ MB per batch at V = 30522.)"""
-    input_ids: Tensor   # [B, L] int64, original tokens (also at the soft positions), 0-padded
-    positions: Tensor   # [B, L] bool
-    probs: Tensor       # [M, V] float, M = positions.sum()
-
-    def __len__(self) -> int:
-        return self.input_ids.shape[0]
-
-    def dense(self) -> Tensor:
-        """The dense [B, L, V] distributions (tests, small inputs only)."""
-        out = F.one_hot(self.input_ids, self.probs.shape[-1]).to(self.probs.dtype)
-        return out.index_put((self.positions,), self.probs)
-
-    def repeat(self, n: int) -> SoftTokens:
-        """The rows n times over (copy a of row b at row a*B + b)."""
-        return SoftTokens(self.input_ids.repeat(n, 1), self.positions.repeat(n, 1), self.probs.repeat(n, 1))
-
-    def detach(self) -> SoftTokens:
-        return SoftTokens(self.input_ids, self.positions, self.probs.detach())
-
-    def to(self, device) -> SoftTokens:
-        return SoftTokens(self.input_ids.to(device), self.positions.to(device), self.probs.to(device))
-
-    @staticmethod
-    def concat(parts: Sequence[SoftTokens]) -> SoftTokens:
-        """Rows of all parts in order, right-padded to the longest."""
-        width = max(p.input_ids.shape[1] for p in parts)
-        return SoftTokens(torch.cat([F.pad(p.input_ids, (0, width - p.input_ids.shape[1]), value=PAD_ID) for p in parts]),
-                          torch.cat([F.pad(p.positions, (0, width - p.positions.shape[1])) for p in parts]),
-                          torch.cat([p.probs for p in parts]))
 
 
 def augmentation_positions(input_ids: Tensor, generator: torch.Generator, pad_id: int = PAD_ID) -> Tensor:
@@ -159,7 +125,7 @@ def soft_samples(model: LabelConditionalMLM, input_ids: Tensor, labels: Tensor, 
 
 def _trim(*tensors: Tensor, ids: Tensor) -> tuple[Tensor, ...]:
     """Cut right padding: keep columns up to the longest row of `ids` (dynamic padding)."""
-    width = max(int((ids != PAD_ID).sum(dim=1).max()), 1) if len(ids) else 1
+    width = real_width(ids)
     return tuple(t[:, :width] for t in tensors)
 
 
@@ -179,14 +145,14 @@ def fit_cbert(model: LabelConditionalMLM, train_ids: Tensor, train_labels: Tenso
               on_epoch: Callable[[dict], None] | None = None) -> dict:
     """MLM-fit the label-conditional augmenter on the task's train set (hu19, before Eq. 9).
 
-    15% masking with 80/10/10 replacement (`common.mlm_head.mask_tokens`), fresh masks every epoch
+    15% masking with 80/10/10 replacement (`common.text.mlm.mask_tokens`), fresh masks every epoch
     from `generator`, which also shuffles the batches; AdamW (decoupled decay 0.01 except
     bias/LayerNorm, as the official BertAdam), no warmup. After each epoch the dev MLM loss on
     fixed masks (seed DEV_MASK_SEED); the state with the lowest dev loss is restored at the end.
     Inputs: int64 [N, L] right-padded with 0 and class labels [N]. Returns {"epochs": [{"epoch",
     "train_loss", "dev_loss"}, ...], "initial_dev_loss", "best_epoch" (0 = before training),
     "best_dev_loss"}; `on_epoch` receives each epoch's row."""
-    from common.mlm_head import mask_tokens
+    from common.text.mlm import mask_tokens
     device = next(model.parameters()).device
     masking = dict(mask_id=model.mask_token_id, vocab_size=model.vocab_size)
 

@@ -1,0 +1,1 @@
+"""augment layer (see docs/architecture.md)."""

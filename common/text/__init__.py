@@ -1,0 +1,1 @@
+"""text layer (see docs/architecture.md)."""
