@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from common.config import check_profile, load_params, paper_profile
-from common.errors import ReproError
+from common.errors import ConfigError, ReproError
 from common.run.allocator import keep_freed_memory
 
 
@@ -112,17 +112,14 @@ def cmd_sync(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    from pipelines.papers import bench_suites
     params = load_params(args.params)
     profile = _profile(args, params)
-    if args.suite == "text":
-        from papers.hu19.bench_text import run_text_benchmark
-        table1 = params.get("hu19", {}).get("profiles", {}).get(profile, {}).get("table1", {})
-        path = run_text_benchmark(repeats=args.repeats, out_dir=Path(args.out), profile=profile,
-                                  mlm_dir=table1.get("mlm_dir"),
-                                  n_aug_meta=table1.get("augmentation", {}).get("n_aug_meta", 4))
-    else:
-        from papers.hu19.bench import run_benchmark
-        path = run_benchmark(args.paper, repeats=args.repeats, out_dir=Path(args.out), profile=profile)
+    suites = bench_suites(args.paper)
+    if args.suite not in suites:
+        raise ConfigError(f"--suite: {args.paper} has no benchmark suite {args.suite!r}; "
+                          f"expected one of {sorted(suites) or 'none'}")
+    path = suites[args.suite](params, profile, args.repeats, Path(args.out))
     print(f"wrote {path}")
     return 0
 
@@ -221,8 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paper", default="hu19")
     p.add_argument("--profile")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--suite", choices=("weighting", "text"), default="weighting",
-                   help="weighting: ResNet meta step (Tables 2/4); text: BERT-backbone steps (Tables 1/3)")
+    p.add_argument("--suite", default="weighting",
+                   help="a suite of the paper's BENCH_SUITES (hu19: weighting = ResNet meta step, Tables 2/4; "
+                        "text = BERT-backbone steps, Tables 1/3)")
     p.add_argument("--out", default="reports/benchmarks")
     p.set_defaults(fn=cmd_bench)
     p = sub.add_parser("mlm", help="train the MLM of the text backbone (params hu19.mlm.<profile>)")

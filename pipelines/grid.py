@@ -12,7 +12,7 @@ from common.run.grid import GridReport, make_backend, run_grid
 from common.run.progress import progress_enabled
 from common.run.results import collect_results
 from common.run.tracking import Tracker
-from pipelines.papers import PAPER_MODULES, paper_module
+from pipelines.papers import PAPER_MODULES, hook, paper_module
 
 log = logging.getLogger("repro.grid")
 
@@ -95,11 +95,12 @@ def select(configs: list[dict], setting: str | None, method: str | None, seed: i
 
 
 def order_runs(configs: list[dict]) -> list[dict]:
-    """Cheap methods first, then seed-major, so partial grids give every method some seeds."""
-    cost = {"base": 0, "proportion": 1, "base_val": 2, "synonym": 2, "ren": 3, "ours_weight": 3,
-            "ours_weight_eq12": 3, "fixed_aug": 3, "ours_aug": 4}
-    return sorted(configs, key=lambda c: (cost.get(c["method"], 3) >= 3, c["seed"], cost.get(c["method"], 3),
-                                          c["setting"]))
+    """Cheap methods first (the paper's `run_cost` hook), then seed-major, so partial grids give every
+    method some seeds: runs of cost rank >= 3 (meta steps) go after all cheaper runs."""
+    def cost(c: dict) -> int:
+        rank = hook(c["paper"], "run_cost")
+        return rank(c["method"]) if rank else 3
+    return sorted(configs, key=lambda c: (cost(c) >= 3, c["seed"], cost(c), c["setting"]))
 
 
 def split_path(splits_dir: Path, config: dict) -> Path:

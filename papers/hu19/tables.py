@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -237,3 +238,28 @@ def execute(config: dict, mirror: str | None, on_epoch: Callable[[dict], None] |
                                      stateful={"optimizer": optimizer, "step": step}, checkpoint=checkpoint)
     return fit.outcome(n_train=len(train), n_dev=len(dev), n_test=len(test), wall_s=time.time() - start,
                        device=str(target), extra_metrics=step.extra_metrics())
+
+
+# Optional hooks of the paper contract (pipelines/papers.py).
+RUN_COST = {"base": 0, "proportion": 1, "base_val": 2, "synonym": 2, "ren": 3, "ours_weight": 3,
+            "ours_weight_eq12": 3, "fixed_aug": 3, "ours_aug": 4}
+
+
+def run_cost(method: str) -> int:
+    """Cost rank of a method (the grid runs cheaper ranks first within a seed)."""
+    return RUN_COST.get(method, 3)
+
+
+def _bench_weighting(params: dict, profile: str, repeats: int, out_dir: Path) -> Path:
+    from papers.hu19.bench import run_benchmark
+    return run_benchmark(PAPER, repeats=repeats, out_dir=out_dir, profile=profile)
+
+
+def _bench_text(params: dict, profile: str, repeats: int, out_dir: Path) -> Path:
+    from papers.hu19.bench_text import run_text_benchmark
+    table1 = params.get(PAPER, {}).get("profiles", {}).get(profile, {}).get("table1", {})
+    return run_text_benchmark(repeats=repeats, out_dir=out_dir, profile=profile, mlm_dir=table1.get("mlm_dir"),
+                              n_aug_meta=table1.get("augmentation", {}).get("n_aug_meta", 4))
+
+
+BENCH_SUITES = {"weighting": _bench_weighting, "text": _bench_text}
