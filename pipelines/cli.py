@@ -124,15 +124,15 @@ def cmd_bench(args) -> int:
     return 0
 
 
-MLM_PARAM_TYPES = {"backbone": str, "steps": int, "batch_size": int, "lr": float, "max_seq_len": int, "seed": int,
+MLM_PARAM_TYPES = {"backbone": str, "datasets": list, "steps": int, "batch_size": int, "lr": float, "max_seq_len": int, "seed": int,
                    "imdb_limit": (int, type(None)), "out_dir": str}
 
 
 def _mlm_params(params, profile) -> dict:
-    """The validated `hu19.mlm.<profile>` block."""
+    """The validated `mlm.profiles.<profile>` block (shared by every paper's text augmenters)."""
     from common.config import check_block
-    where = f"params.yaml: hu19.mlm.{profile}"
-    cfg = params.get("hu19", {}).get("mlm", {}).get(profile)
+    where = f"params.yaml: mlm.profiles.{profile}"
+    cfg = (params.get("mlm") or {}).get("profiles", {}).get(profile)
     if cfg is None:
         raise ReproError(f"{where}: missing (expected the keys {sorted(MLM_PARAM_TYPES)})")
     check_block(cfg, MLM_PARAM_TYPES, where)
@@ -146,10 +146,18 @@ def cmd_mlm(args) -> int:
 
     params = load_params(args.params)
     profile = _profile(args, params)
+    from pipelines.grid import text_dev_pools
+    if args.write_pools:
+        from common.io import write_json_atomic
+        write_json_atomic(Path(args.write_pools), text_dev_pools(params, profile))
+        print(f"wrote {args.write_pools}")
+        return 0
     cfg = _mlm_params(params, profile)
     backbone_dir(cfg["backbone"])     # a missing or unknown backbone fails before the corpus is read
-    datasets = ("sst5", "sst2", "trec", "imdb")
-    train, dev = mlm_corpus(data_mirror(params["base"]), datasets, imdb_limit=cfg["imdb_limit"], seed=cfg["seed"])
+    datasets = tuple(cfg["datasets"])
+    pools = text_dev_pools(params, profile)
+    train, dev = mlm_corpus(data_mirror(params["base"]), datasets, held_out_pools=pools, imdb_limit=cfg["imdb_limit"],
+                            seed=cfg["seed"])
     print(f"mlm ({profile}): {cfg['backbone']}, {len(train)} train / {len(dev)} dev texts, {cfg['steps']} steps",
           flush=True)
 
@@ -161,7 +169,8 @@ def cmd_mlm(args) -> int:
     report = train_mlm(cfg["backbone"], train, dev, cfg["out_dir"], steps=cfg["steps"], batch_size=cfg["batch_size"],
                        lr=cfg["lr"], max_seq_len=cfg["max_seq_len"], seed=cfg["seed"], on_log=on_log,
                        overwrite=args.overwrite,
-                       report_extra={"profile": profile, "datasets": list(datasets), "imdb_limit": cfg["imdb_limit"]})
+                       report_extra={"profile": profile, "datasets": list(datasets), "imdb_limit": cfg["imdb_limit"],
+                                     "held_out_pools": {k: [list(p) for p in v] for k, v in pools.items()}})
     print(f"wrote {cfg['out_dir']}: dev MLM loss {report['dev_loss_before']:.3f} -> {report['dev_loss_best']:.3f} "
           f"(step {report['step_best']}), {report['wall_s']:.0f} s")
     print(f"wrote {publish_mlm_report(cfg['out_dir'], profile)}")
@@ -223,9 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "text = BERT-backbone steps, Tables 1/3)")
     p.add_argument("--out", default="reports/benchmarks")
     p.set_defaults(fn=cmd_bench)
-    p = sub.add_parser("mlm", help="train the MLM of the text backbone (params hu19.mlm.<profile>)")
+    p = sub.add_parser("mlm", help="train the MLM of the text backbone (params mlm.profiles.<profile>)")
     p.add_argument("--profile")
     p.add_argument("--overwrite", action="store_true", help="replace an existing out_dir")
+    p.add_argument("--write-pools", metavar="PATH",
+                   help="only write the dev pools the MLM corpus holds out (JSON) to PATH (dvc stage mlm_dev_pools)")
     p.set_defaults(fn=cmd_mlm)
     return parser
 

@@ -165,6 +165,25 @@ def run_tables(params: dict, paper: str, profile: str, tables: list[str], *, set
                     progress=progress_enabled())
 
 
+def text_dev_pools(params: dict, profile: str) -> dict[str, list[tuple[str, int]]]:
+    """Every dev pool a registered paper's table of `profile` draws dev examples from, by dataset:
+    {dataset: [(dev_source, dev_pool_size), ...]} from the run configs themselves (keys `dataset`,
+    `dev_source`, `dev_pool_size`); `dev_split` (an official dev split) needs no entry. The MLM corpus
+    holds these rows out (`repro mlm`), so the leak guard follows the tables' split definitions."""
+    pools: dict[str, set[tuple[str, int]]] = {}
+    for paper in PAPER_MODULES:
+        for table in paper_profile_tables(params, paper, profile):
+            for c in table_configs(params, paper, profile, table):
+                if c.get("dev_source") not in (None, "dev_split"):
+                    pools.setdefault(c["dataset"], set()).add((c["dev_source"], int(c.get("dev_pool_size") or 0)))
+    return {name: sorted(found) for name, found in sorted(pools.items())}
+
+
+def paper_profile_tables(params: dict, paper: str, profile: str) -> list[str]:
+    """The tables a paper's `profile` configures (none when the paper has no block for it)."""
+    return sorted(params.get(paper, {}).get("profiles", {}).get(profile, {}) or {})
+
+
 def sync_tracking(params: dict, profile: str) -> int:
     base = params["base"]
     results = []

@@ -8,7 +8,8 @@ Optional hooks (module attributes; absent = the default in brackets):
 
 * `report_sections(table, runs, published) -> list[str]`: markdown lines a paper adds after a
   table's orderings (hu19: its divergence note and Figure 2) [none];
-* `BENCH_SUITES: {suite: fn(params, profile, repeats, out_dir) -> Path}`: `repro bench` suites [none];
+* `BENCH_SUITES: {suite: "module:function"}`, each function (params, profile, repeats, out_dir) -> Path:
+  `repro bench` suites, imported only when run (so bench code is no dependency of the run stages) [none];
 * `run_cost(method) -> int`: cost rank of a method, cheaper runs first within a seed [all equal];
 * `MLM_CORPUS`: the text data sets whose train pools the shared backbone MLM learns from, with the
   dev/test rows of every table held out (`repro mlm`) [none].
@@ -68,4 +69,10 @@ def hook(paper: str, name: str, default: Any = None) -> Any:
 
 
 def bench_suites(paper: str) -> Mapping[str, Callable]:
-    return hook(paper, "BENCH_SUITES", {})
+    """{suite: function} of a paper's BENCH_SUITES hook, each imported on first use."""
+    def lazy(ref: str) -> Callable:
+        def run(*args, **kwargs):
+            module, _, name = ref.partition(":")
+            return getattr(importlib.import_module(module), name)(*args, **kwargs)
+        return run
+    return {suite: lazy(ref) for suite, ref in hook(paper, "BENCH_SUITES", {}).items()}

@@ -60,16 +60,21 @@ class SplitSpec:
 DEV_SOURCES = ("train_tail", "train_tail_per_class", "dev_split")
 
 
-def dev_pool_mask(train_labels: np.ndarray, spec: SplitSpec) -> np.ndarray:
-    """Boolean mask of the train rows reserved as the dev pool (never drawn for training)."""
+def dev_pool_rows(train_labels: np.ndarray, dev_source: str, dev_pool_size: int) -> np.ndarray:
+    """Boolean mask of the train rows a dev source reserves as its dev pool (`dev_split`: none)."""
     n = len(train_labels)
     mask = np.zeros(n, dtype=bool)
-    if spec.dev_source == "train_tail":
-        mask[n - spec.dev_pool_size:] = True
-    elif spec.dev_source == "train_tail_per_class":
+    if dev_source == "train_tail":
+        mask[n - dev_pool_size:] = True
+    elif dev_source == "train_tail_per_class":
         for cls in np.unique(train_labels):
-            mask[np.flatnonzero(train_labels == cls)[-spec.dev_pool_size:]] = True
+            mask[np.flatnonzero(train_labels == cls)[-dev_pool_size:]] = True
     return mask
+
+
+def dev_pool_mask(train_labels: np.ndarray, spec: SplitSpec) -> np.ndarray:
+    """Boolean mask of the train rows reserved as the dev pool (never drawn for training)."""
+    return dev_pool_rows(train_labels, spec.dev_source, spec.dev_pool_size)
 
 
 def split_data_seed(protocol: str, data_seed: int, seed: int) -> int:

@@ -28,7 +28,7 @@ import contextlib
 import copy
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +44,13 @@ from common.train.batches import (
 )
 
 ParamDict = dict[str, Tensor]
+LossFn = Callable[[Tensor, Tensor], Tensor]     # (logits [B, ...], targets [B, ...]) -> per-example losses [B]
+
+
+def cross_entropy_per_example(logits: Tensor, targets: Tensor) -> Tensor:
+    """Per-example cross-entropy; targets are class ids [B] or class probabilities [B, C] (soft labels)."""
+    return F.cross_entropy(logits, targets, reduction="none")
+
 log = logging.getLogger("repro.lookahead")
 MODES = ("train", "eval")
 
@@ -113,18 +120,19 @@ def model_buffers(model: nn.Module) -> ParamDict:
 
 
 def per_example_losses(model: nn.Module, params: ParamDict, buffers: ParamDict, x: Tensor, y: Tensor, *,
-                       by_length: bool = False) -> Tensor:
+                       by_length: bool = False, loss_fn: LossFn = cross_entropy_per_example) -> Tensor:
     """Cross-entropy of each row at `params`. `by_length`: token-id rows run in length groups, each
     trimmed to its longest row (same values, less padding; not inside vmap)."""
     if by_length and is_token_batch(x):
         logits = logits_by_length(lambda ids: functional_call(model, (params, buffers), (ids,)), x)
     else:
         logits = functional_call(model, (params, buffers), (x,))
-    return F.cross_entropy(logits, y, reduction="none")
+    return loss_fn(logits, y)
 
 
 def dev_loss_grad(model, params: ParamDict, buffers: ParamDict, dev_x: Tensor, dev_y: Tensor,
-                  batches: list[Tensor] | None = None) -> tuple[Tensor, ParamDict]:
+                  batches: list[Tensor] | None = None, loss_fn: LossFn = cross_entropy_per_example,
+                  ) -> tuple[Tensor, ParamDict]:
     """Mean dev cross-entropy at `params` and its gradient G. `batches`: index tensors of the dev
     batches to forward separately (each with its own BatchNorm statistics in train mode); the loss is
     sum_b sum_{i in b} CE_i / N either way. A train-mode pass works on a copy of the buffers, so the
@@ -135,9 +143,9 @@ def dev_loss_grad(model, params: ParamDict, buffers: ParamDict, dev_x: Tensor, d
         buffers = {n: b.clone() for n, b in buffers.items()}
     at = dict(zip(names, leaves))
     if batches is None:
-        loss = per_example_losses(model, at, buffers, dev_x, dev_y, by_length=True).mean()
+        loss = per_example_losses(model, at, buffers, dev_x, dev_y, by_length=True, loss_fn=loss_fn).mean()
     else:
-        loss = sum(per_example_losses(model, at, buffers, dev_x[b], dev_y[b], by_length=True).sum()
+        loss = sum(per_example_losses(model, at, buffers, dev_x[b], dev_y[b], by_length=True, loss_fn=loss_fn).sum()
                    for b in batches) / len(dev_y)
     grads = torch.autograd.grad(loss, leaves)
     return loss.detach(), dict(zip(names, grads))
@@ -180,7 +188,7 @@ def adam_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module) -> 
 def sgd_meta_gradient(model: nn.Module, params: ParamDict, buffers: ParamDict, x: Tensor, y: Tensor,
                       dev_x: Tensor, dev_y: Tensor, w: Tensor, momentum_buf: ParamDict,
                       hp: SGDHyper, modes: PassModes = PassModes(),
-                      batches: list[Tensor] | None = None) -> Tensor:
+                      batches: list[Tensor] | None = None, loss_fn: LossFn = cross_entropy_per_example) -> Tensor:
     """d L_dev(theta + sum_i w_i Delta_i) / d w for SGD deltas (Eq. 8), shape [B]. The per-example
     pass is batched (one weighted backward, one jvp), so it must be in eval mode: in train mode
     the examples would share BatchNorm statistics and dropout draws."""
@@ -193,7 +201,8 @@ def sgd_meta_gradient(model: nn.Module, params: ParamDict, buffers: ParamDict, x
     if bool((w != 0).any()):
         leaves = [t.detach().requires_grad_(True) for t in theta]
         with in_mode(model, "eval"):
-            weighted = (w.detach() * per_example_losses(model, dict(zip(names, leaves)), buffers, x, y)).sum()
+            weighted = (w.detach() * per_example_losses(model, dict(zip(names, leaves)), buffers, x, y,
+                                                        loss_fn=loss_fn)).sum()
         sum_g = torch.autograd.grad(weighted, leaves)
         total_w = float(w.detach().sum())
         # theta' = theta - lr * (S * (mu m + lambda theta) + sum_i w_i g_i), S = sum_i w_i (fused, in place)
@@ -204,13 +213,13 @@ def sgd_meta_gradient(model: nn.Module, params: ParamDict, buffers: ParamDict, x
     else:
         lookahead = params
     with in_mode(model, modes.dev):
-        _, g_dev = dev_loss_grad(model, lookahead, buffers, dev_x, dev_y, batches)
+        _, g_dev = dev_loss_grad(model, lookahead, buffers, dev_x, dev_y, batches, loss_fn)
     # <G, mu m + lambda theta>: the part of every Delta_i that does not depend on the example.
     shared = sum(hp.momentum * torch.vdot(g_dev[n].flatten(), momentum_buf[n].flatten())
                  + hp.decay(n) * torch.vdot(g_dev[n].flatten(), params[n].flatten()) for n in names)
     # <G, g_i> for every i at once: the directional derivative of each example's loss along G.
     with in_mode(model, "eval"):
-        _, dots = jvp(lambda p: per_example_losses(model, p, buffers, x, y), (params,), (g_dev,))
+        _, dots = jvp(lambda p: per_example_losses(model, p, buffers, x, y, loss_fn=loss_fn), (params,), (g_dev,))
     return -hp.lr * (shared + dots.detach())
 
 
@@ -220,11 +229,12 @@ def vmap_randomness(model: nn.Module) -> str:
     return "different" if model.training else "error"
 
 
-def per_example_grads(model: nn.Module, params: ParamDict, buffers: ParamDict, x: Tensor, y: Tensor) -> ParamDict:
+def per_example_grads(model: nn.Module, params: ParamDict, buffers: ParamDict, x: Tensor, y: Tensor,
+                      loss_fn: LossFn = cross_entropy_per_example) -> ParamDict:
     """Per-example gradients {name: [B, *shape]} by vmap over a single-example loss, in the model's
     current mode (train mode: each example its own dropout masks)."""
     def one(p, xi, yi):
-        return per_example_losses(model, p, buffers, xi.unsqueeze(0), yi.unsqueeze(0)).squeeze(0)
+        return per_example_losses(model, p, buffers, xi.unsqueeze(0), yi.unsqueeze(0), loss_fn=loss_fn).squeeze(0)
 
     return vmap(grad(one), in_dims=(None, 0, 0), randomness=vmap_randomness(model))(params, x, y)
 
@@ -303,7 +313,7 @@ def adam_deltas(params: ParamDict, grads: ParamDict, exp_avg: ParamDict, exp_avg
 def adam_meta_gradient(model: nn.Module, params: ParamDict, buffers: ParamDict, x: Tensor, y: Tensor,
                        dev_x: Tensor, dev_y: Tensor, w: Tensor, state: tuple[ParamDict, ParamDict, int],
                        hp: AdamHyper, token_embedding: str | None = None, modes: PassModes = PassModes(),
-                       batches: list[Tensor] | None = None) -> Tensor:
+                       batches: list[Tensor] | None = None, loss_fn: LossFn = cross_entropy_per_example) -> Tensor:
     """d L_dev(theta + sum_i w_i Delta_i) / d w for Adam deltas (Eq. 8), shape [B]; the per-example
     pass (vmap, one example at a time) and the dev pass each in their mode of `modes`.
 
@@ -317,11 +327,11 @@ def adam_meta_gradient(model: nn.Module, params: ParamDict, buffers: ParamDict, 
     table = token_embedding
     with in_mode(model, modes.per_example):
         if table is None:
-            grads = per_example_grads(model, params, buffers, x, y)
+            grads = per_example_grads(model, params, buffers, x, y, loss_fn)
         else:
             rest = {n: p for n, p in params.items() if n != table}
             rows, grads, row_grads, order = per_example_grads_token_rows(model, rest, params[table], table, buffers,
-                                                                         x, y)
+                                                                         x, y, loss_fn)
             w = w[order]      # the examples in the order of their gradients; undone on return
     deltas = adam_deltas(params, grads, exp_avg, exp_avg_sq, step, hp)
     lookahead = {n: params[n] + torch.tensordot(w, d, dims=1) for n, d in deltas.items()}
@@ -332,7 +342,7 @@ def adam_meta_gradient(model: nn.Module, params: ParamDict, buffers: ParamDict, 
                                   hp)[table] - delta0[rows]                                   # C_i on rows R
         lookahead[table] = (E + w.sum() * delta0).index_add_(0, rows, torch.tensordot(w, corrections, dims=1))
     with in_mode(model, modes.dev):
-        _, g_dev = dev_loss_grad(model, lookahead, buffers, dev_x, dev_y, batches)
+        _, g_dev = dev_loss_grad(model, lookahead, buffers, dev_x, dev_y, batches, loss_fn)
     dots = sum(d.reshape(len(w), -1) @ g_dev[n].reshape(-1) for n, d in deltas.items())   # <G, Delta_i>, one gemv each
     if table is not None:
         G = g_dev[table]
@@ -342,7 +352,8 @@ def adam_meta_gradient(model: nn.Module, params: ParamDict, buffers: ParamDict, 
 
 
 def per_example_grads_token_rows(model: nn.Module, rest: ParamDict, table_weight: Tensor, table: str,
-                                 buffers: ParamDict, x: Tensor, y: Tensor) -> tuple[Tensor, ParamDict, Tensor, Tensor]:
+                                 buffers: ParamDict, x: Tensor, y: Tensor, loss_fn: LossFn = cross_entropy_per_example,
+                                 ) -> tuple[Tensor, ParamDict, Tensor, Tensor]:
     """Per-example gradients with a word-embedding table kept sparse: (R = the batch's distinct token
     ids, {name: [B, *shape]} for the other parameters, [B, |R|, H] gradient of the table's rows R,
     `order`). Rows run in length groups, each trimmed to its longest row (`common.train.batches`),
@@ -355,7 +366,7 @@ def per_example_grads_token_rows(model: nn.Module, rest: ParamDict, table_weight
     def one(p, e, xi, yi):
         logits = functional_call(model, ({**p, table: table_weight}, buffers), (xi.unsqueeze(0),),
                                  {"inputs_embeds": e.unsqueeze(0)})
-        return F.cross_entropy(logits, yi.unsqueeze(0))
+        return loss_fn(logits, yi.unsqueeze(0)).squeeze(0)
 
     per_example = vmap(grad(one, argnums=(0, 1)), in_dims=(None, 0, 0, 0), randomness=vmap_randomness(model))
     groups = length_groups(x)
@@ -413,7 +424,7 @@ def sparse_embedding_table(model: nn.Module, params: dict, x: Tensor) -> str | N
 def lookahead_meta_gradient(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
                             dev_x: Tensor, dev_y: Tensor, w: Tensor, *, modes: PassModes = PassModes(),
                             dev_generator: torch.Generator | None = None,
-                            sparse_embedding: bool = True) -> Tensor:
+                            sparse_embedding: bool = True, loss_fn: LossFn = cross_entropy_per_example) -> Tensor:
     """dL_dev/dw for the optimizer in use (SGD, Adam or AdamW), each pass in its mode of `modes`
     (default: both in eval mode; the hu19 official modes are `papers.hu19` config). `dev_generator`
     shuffles the dev batches when `modes.dev_batch_size` is set. Parameter groups may differ in
@@ -421,30 +432,37 @@ def lookahead_meta_gradient(model: nn.Module, optimizer: torch.optim.Optimizer, 
     `token_embedding_param` attribute (the name of its word-embedding table, e.g. TextClassifier)
     gets the exact sparse-row treatment of that table under Adam (see adam_meta_gradient) unless
     `sparse_embedding` is False."""
+    hp = optimizer_hyper(optimizer, model)
+    w = w.to(x.device)
+    batches = dev_batches(len(dev_y), modes, dev_generator)
+    with in_mode(model, "eval"):
+        params, buffers = trainable_params(model), model_buffers(model)
+        if isinstance(hp, SGDHyper):
+            return sgd_meta_gradient(model, params, buffers, x, y, dev_x, dev_y, w,
+                                     sgd_optimizer_state(optimizer, model), hp, modes, batches, loss_fn)
+        table = sparse_embedding_table(model, params, x) if sparse_embedding else None
+        return adam_meta_gradient(model, params, buffers, x, y, dev_x, dev_y, w,
+                                  adam_optimizer_state(optimizer, model), hp, token_embedding=table,
+                                  modes=modes, batches=batches, loss_fn=loss_fn)
+
+
+def optimizer_hyper(optimizer: torch.optim.Optimizer, model: nn.Module) -> SGDHyper | AdamHyper:
+    """The hyperparameters of a torch SGD (dampening 0, no Nesterov), Adam or AdamW whose parameter
+    groups differ in weight decay only (e.g. none on biases and LayerNorm), by parameter name."""
     group = optimizer.param_groups[0]
     shared_keys = ("lr", "momentum", "betas", "eps", "nesterov", "dampening")
     for other in optimizer.param_groups[1:]:
         differing = [k for k in shared_keys if k in group and other.get(k) != group[k]]
         if differing:
-            raise ValueError(f"lookahead_meta_gradient: parameter groups differ in {differing}; "
+            raise ValueError(f"lookahead: parameter groups differ in {differing}; "
                              "only weight_decay may differ between groups")
     name_of = {id(p): n for n, p in model.named_parameters()}
     decay = {name_of[id(p)]: g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
-    w = w.to(x.device)
-    batches = dev_batches(len(dev_y), modes, dev_generator)
-    with in_mode(model, "eval"):
-        params, buffers = trainable_params(model), model_buffers(model)
-        if isinstance(optimizer, torch.optim.SGD):
-            if group.get("nesterov") or group.get("dampening"):
-                raise ValueError("SGD lookahead supports dampening=0, nesterov=False")
-            hp = SGDHyper(group["lr"], group["momentum"], decay)
-            return sgd_meta_gradient(model, params, buffers, x, y, dev_x, dev_y, w,
-                                     sgd_optimizer_state(optimizer, model), hp, modes, batches)
-        if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
-            hp = AdamHyper(group["lr"], tuple(group["betas"]), group["eps"], decay,
-                           decoupled=isinstance(optimizer, torch.optim.AdamW))
-            table = sparse_embedding_table(model, params, x) if sparse_embedding else None
-            return adam_meta_gradient(model, params, buffers, x, y, dev_x, dev_y, w,
-                                      adam_optimizer_state(optimizer, model), hp, token_embedding=table,
-                                      modes=modes, batches=batches)
-        raise ValueError(f"no lookahead for optimizer {type(optimizer).__name__}")
+    if isinstance(optimizer, torch.optim.SGD):
+        if group.get("nesterov") or group.get("dampening"):
+            raise ValueError("SGD lookahead supports dampening=0, nesterov=False")
+        return SGDHyper(group["lr"], group["momentum"], decay)
+    if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+        return AdamHyper(group["lr"], tuple(group["betas"]), group["eps"], decay,
+                         decoupled=isinstance(optimizer, torch.optim.AdamW))
+    raise ValueError(f"no lookahead for optimizer {type(optimizer).__name__}")

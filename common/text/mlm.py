@@ -2,7 +2,9 @@
 `repro mlm`: training the MLM that all-MiniLM-L6-v2 does not ship (tiny-random-bert: random head;
 bert-base-uncased: its own). Training only a fresh head on frozen MiniLM kept predicting frequent
 tokens ("the , . of"), so `train_mlm` fine-tunes the whole model. Its corpus (`mlm_corpus`) is train-pool
-text only: never an official dev/test split, nor the train tail that TREC/IMDB dev examples come from.
+text only: never an official dev/test split, nor a train-pool row that a table's dev set is drawn from
+(the pools are passed in, derived by the caller from the tables' own split definitions, and recorded in
+the MLM's report, where `check_dev_pool_held_out` verifies a run's pool before it uses the MLM).
 Sentences are truncated to `max_seq_len` tokens, as the classifiers see them; the loss is computed at
 the masked positions only (the 30522-way decoder on every position would double the cost).
 """
@@ -37,7 +39,7 @@ CLS_ID, SEP_ID, MASK_ID = 101, 102, 103    # bert-base-uncased WordPiece ids ([P
 FIRST_WORDPIECE_ID = 1000          # ids below are [PAD]/[unusedN]/[UNK]/[CLS]/[SEP]/[MASK] and punctuation
 DEV_MASK_SEED = 20190611           # fixed masks of the dev texts (in batches of DEV_BATCH_SIZE, whatever
 DEV_BATCH_SIZE = 32                # the training batch size): losses comparable across runs and seeds
-MINILM_MLM_DIR = "artifacts/mlm/all-MiniLM-L6-v2"   # params hu19.mlm.cpu.out_dir
+MINILM_MLM_DIR = "artifacts/mlm/all-MiniLM-L6-v2"   # params mlm.profiles.cpu.out_dir
 PROFILE_OF = {"tiny-random-bert": "smoke", "all-MiniLM-L6-v2": "cpu", "bert-base-uncased": "paper"}
 REPORT_NAME = "mlm_report.json"
 # One [MASK] each; the last two are the hu19 Figure 2 SST sentence (common.augment.cbert.FIGURE2_SENTENCE)
@@ -48,8 +50,6 @@ PROBE_SENTENCES = ("a [MASK] movie with great acting .", "what is the [MASK] of 
                    "emotionally desiccated .",
                    "although ... visually striking and slickly staged , it 's also cold , [MASK] , antiseptic and "
                    "emotionally desiccated .")
-# hu19 dev pools of the datasets without a dev split (params.yaml `dev_source`); others: train_tail.
-DEV_POOL_SOURCES = {"trec": "train_tail", "imdb": "train_tail_per_class"}
 
 
 def mask_tokens(input_ids, attention_mask, generator, prob=0.15, max_predictions=20, mask_id=MASK_ID,
@@ -75,7 +75,7 @@ def mask_tokens(input_ids, attention_mask, generator, prob=0.15, max_predictions
 
 
 def _hint(backbone: str) -> str:
-    return f"create it with `repro mlm --profile {PROFILE_OF.get(backbone, 'cpu')}` (dvc stage mlm_hu19)"
+    return f"create it with `repro mlm --profile {PROFILE_OF.get(backbone, 'cpu')}` (dvc stage mlm)"
 
 
 def _from_pretrained(folder: Path, where: str, require_head: bool):
@@ -106,7 +106,7 @@ def load_mlm_model(backbone: str, head_dir: Path | str | None = None):
             return BertForMaskedLM(config)
         if backbone == "all-MiniLM-L6-v2":
             raise ConfigError(f"all-MiniLM-L6-v2 ships no MLM head: pass the folder trained for it (e.g. "
-                              f"{MINILM_MLM_DIR}, params hu19.mlm.cpu.out_dir) as mlm_dir; {_hint(backbone)}")
+                              f"{MINILM_MLM_DIR}, params mlm.profiles.cpu.out_dir) as mlm_dir; {_hint(backbone)}")
         return _from_pretrained(backbone_dir(backbone), backbone, require_head=True)
     folder = Path(head_dir)
     if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
@@ -255,14 +255,19 @@ def train_mlm(backbone, train_texts, dev_texts, out_dir, *, steps, batch_size=32
     return report
 
 
-def mlm_corpus(mirror, datasets=("sst5", "sst2", "trec", "imdb"), imdb_limit: int | None = 5000,
-               dev_fraction: float = 0.02, dev_pool_size: int = 500, seed: int = 0) -> tuple[list[str], list[str]]:
+DevPools = dict[str, list[tuple[str, int]]]    # dataset -> [(dev_source, dev_pool_size), ...]
+
+
+def mlm_corpus(mirror, datasets=("sst5", "sst2", "trec", "imdb"), held_out_pools: DevPools | None = None,
+               imdb_limit: int | None = 5000, dev_fraction: float = 0.02,
+               seed: int = 0) -> tuple[list[str], list[str]]:
     """(train_texts, dev_texts): deduplicated train-pool text of `datasets`, with a seeded `dev_fraction`
     held out as the MLM's dev set. Never used: official dev/test splits (nor any train text equal to one),
-    and for datasets without a dev split the hu19 dev pool: the last `dev_pool_size` train rows (TREC),
-    also those of each class for `train_tail_per_class` (IMDB, see DEV_POOL_SOURCES). IMDB: `imdb_limit` reviews
-    chosen with a seeded RNG (None: all), "<br />" removed. Train texts equal to a held-out text are dropped."""
+    and the train rows of every dev pool in `held_out_pools` (`common.data.subsample.dev_pool_rows`: the
+    tables' dev sets come from there). IMDB: `imdb_limit` reviews chosen with a seeded RNG (None: all),
+    "<br />" removed. Train texts equal to a held-out text are dropped."""
     from common.data import load_dataset
+    from common.data.subsample import dev_pool_rows
     rng = np.random.default_rng(seed)
     texts: list[str] = []
     held_out: set[str] = set()
@@ -272,11 +277,8 @@ def mlm_corpus(mirror, datasets=("sst5", "sst2", "trec", "imdb"), imdb_limit: in
         train_texts, labels = splits["train"]
         held_out.update(clean(t) for split, (other, _) in splits.items() if split != "train" for t in other)
         keep = np.ones(len(train_texts), dtype=bool)
-        if "dev" not in splits and dev_pool_size:
-            keep[-dev_pool_size:] = False
-            if DEV_POOL_SOURCES.get(name) == "train_tail_per_class":
-                for label in np.unique(labels):
-                    keep[np.flatnonzero(labels == label)[-dev_pool_size:]] = False
+        for source, size in (held_out_pools or {}).get(name, []):
+            keep &= ~dev_pool_rows(labels, source, size)
         held_out.update(clean(train_texts[i]) for i in np.flatnonzero(~keep))   # also their duplicates
         rows = np.flatnonzero(keep)
         if name == "imdb" and imdb_limit is not None and imdb_limit < len(rows):
@@ -287,3 +289,22 @@ def mlm_corpus(mirror, datasets=("sst5", "sst2", "trec", "imdb"), imdb_limit: in
     dev = np.zeros(len(texts), dtype=bool)
     dev[rng.permutation(len(texts))[:n_dev]] = True
     return [t for t, d in zip(texts, dev) if not d], [t for t, d in zip(texts, dev) if d]
+
+
+def check_dev_pool_held_out(mlm_dir: str | Path | None, dataset: str, dev_source: str, dev_pool_size: int) -> None:
+    """ConfigError unless the MLM at `mlm_dir` never trained on the dev pool a run draws from: its report
+    lists `dataset` among its corpus with (dev_source, dev_pool_size) among the held-out pools (an
+    official dev split, `dev_split`, is always held out). No folder (an MLM shipped with the backbone):
+    nothing to check."""
+    report_path = Path(mlm_dir) / REPORT_NAME if mlm_dir else None
+    if report_path is None or not report_path.is_file():
+        return
+    report = json.loads(report_path.read_text())
+    if dataset not in report.get("datasets", []) or dev_source == "dev_split":
+        return
+    pools = {tuple(p) for p in report.get("held_out_pools", {}).get(dataset, [])}
+    if (dev_source, dev_pool_size) not in pools:
+        raise ConfigError(f"{mlm_dir}: this MLM was trained on {dataset}'s train pool without holding out the dev "
+                          f"pool ({dev_source}, {dev_pool_size}) that this run draws its dev set from (held out: "
+                          f"{sorted(pools) or 'none'}); rebuild it with `repro mlm --overwrite` (dvc stage mlm), "
+                          "which holds out every registered table's dev pool")

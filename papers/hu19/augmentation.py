@@ -32,8 +32,8 @@ from common.augment.cbert import (
     augmentation_positions,
     soft_samples,
 )
+from common.meta.differentiable_step import adam_hyper, lookahead_step
 from common.meta.lookahead import (
-    AdamHyper,
     PassModes,
     adam_deltas,
     adam_optimizer_state,
@@ -54,15 +54,6 @@ class _SoftForward(nn.Module):
 
     def forward(self, soft: SoftTokens) -> Tensor:
         return self.classifier.forward_soft_tokens(soft)
-
-
-def adam_hyper(optimizer: torch.optim.Optimizer, model: nn.Module) -> AdamHyper:
-    """AdamHyper of a torch Adam/AdamW whose parameter groups differ only in weight decay."""
-    group = optimizer.param_groups[0]
-    name_of = {id(p): n for n, p in model.named_parameters()}
-    decay = {name_of[id(p)]: g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
-    return AdamHyper(group["lr"], tuple(group["betas"]), group["eps"], decay,
-                     decoupled=isinstance(optimizer, torch.optim.AdamW))
 
 
 def lookahead_dev_loss(classifier: nn.Module, optimizer: torch.optim.Optimizer, soft: SoftTokens,
@@ -89,8 +80,7 @@ def lookahead_dev_loss(classifier: nn.Module, optimizer: torch.optim.Optimizer, 
     hp = adam_hyper(optimizer, classifier)
     table = sparse_embedding_table(classifier, leaves, dev_x) if sparse_embedding else None
     stepped = [n for n in names if n != table]
-    deltas = adam_deltas(leaves, {n: grads[n] for n in stepped}, exp_avg, exp_avg_sq, step, hp)
-    ahead = {n: leaves[n] + deltas[n] for n in stepped}
+    ahead = lookahead_step(classifier, optimizer, leaves, {n: grads[n] for n in stepped})
     inputs: dict[str, Tensor] = {}
     if table is not None:
         rows, inverse = torch.unique(dev_x, return_inverse=True)

@@ -155,3 +155,8 @@ def run_benchmark(paper: str = "hu19", repeats: int = 5, out_dir: Path = Path("r
     path = Path(out_dir) / f"{paper}_weighting.json"
     write_json_atomic(path, payload)
     return path
+
+
+def run_suite(params: dict, profile: str, repeats: int, out_dir: Path) -> Path:
+    """`repro bench --paper hu19 --suite weighting` (the paper contract's BENCH_SUITES)."""
+    return run_benchmark("hu19", repeats=repeats, out_dir=out_dir, profile=profile)

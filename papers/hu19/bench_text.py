@@ -224,3 +224,10 @@ def run_text_benchmark(repeats: int = 5, out_dir: Path = Path("reports/benchmark
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out, result)
     return out
+
+
+def run_suite(params: dict, profile: str, repeats: int, out_dir: Path) -> Path:
+    """`repro bench --paper hu19 --suite text`: the profile's Table 1 backbone, MLM and n_aug_meta."""
+    table1 = params.get("hu19", {}).get("profiles", {}).get(profile, {}).get("table1", {})
+    return run_text_benchmark(repeats=repeats, out_dir=out_dir, profile=profile, mlm_dir=table1.get("mlm_dir"),
+                              n_aug_meta=table1.get("augmentation", {}).get("n_aug_meta", 4))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -250,16 +249,7 @@ def run_cost(method: str) -> int:
     return RUN_COST.get(method, 3)
 
 
-def _bench_weighting(params: dict, profile: str, repeats: int, out_dir: Path) -> Path:
-    from papers.hu19.bench import run_benchmark
-    return run_benchmark(PAPER, repeats=repeats, out_dir=out_dir, profile=profile)
+# "module:function" references, imported only when `repro bench` runs a suite (so the bench code is
+# not a dependency of the run stages); each function takes (params, profile, repeats, out_dir) -> Path.
+BENCH_SUITES = {"weighting": "papers.hu19.bench:run_suite", "text": "papers.hu19.bench_text:run_suite"}
 
-
-def _bench_text(params: dict, profile: str, repeats: int, out_dir: Path) -> Path:
-    from papers.hu19.bench_text import run_text_benchmark
-    table1 = params.get(PAPER, {}).get("profiles", {}).get(profile, {}).get("table1", {})
-    return run_text_benchmark(repeats=repeats, out_dir=out_dir, profile=profile, mlm_dir=table1.get("mlm_dir"),
-                              n_aug_meta=table1.get("augmentation", {}).get("n_aug_meta", 4))
-
-
-BENCH_SUITES = {"weighting": _bench_weighting, "text": _bench_text}

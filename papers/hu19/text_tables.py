@@ -102,7 +102,7 @@ def validate_text_table_config(table: str, cfg: dict, where: str, tables: dict) 
     check_pooling(cfg.get("pooling", "cls"), f"{where}.pooling")
     if methods & {"fixed_aug", "ours_aug"} and cfg["backbone"] == "all-MiniLM-L6-v2" and not cfg.get("mlm_dir"):
         raise ConfigError(f"{where}.mlm_dir: all-MiniLM-L6-v2 has no MLM head; set mlm_dir to the output of "
-                          "`repro mlm` (dvc stage mlm_hu19)")
+                          "`repro mlm` (dvc stage mlm)")
 
 
 def text_run_config(table, setting, method, seed, cfg, profile) -> dict[str, Any]:
@@ -221,7 +221,9 @@ def _fit_augmenter(config, classifier_device, train, dev, num_labels, seed, cach
     second run loads it and goes on exactly as if it had fitted it itself (~20 CBERT epochs saved)."""
     from common.augment.cbert import LabelConditionalMLM, fit_cbert
     from common.text.mlm import load_mlm_model
+    from common.text.mlm import check_dev_pool_held_out
     aug = config["augmentation"]
+    check_dev_pool_held_out(config.get("mlm_dir"), config["dataset"], config["dev_source"], config["dev_pool_size"])
     cache = RunCheckpoint(cache_path, augmenter_fit_key(config, train, dev, num_labels)) if cache_path else None
     torch.manual_seed(seed + 1)
     mlm = load_mlm_model(config["backbone"], config.get("mlm_dir"))

@@ -178,3 +178,18 @@ def test_fused_adam_deltas_equal_the_eager_ones():
         fused = adam_deltas(params, grads, m, v, 3, hp, fused=True)
         for n in params:
             torch.testing.assert_close(fused[n], eager[n], rtol=1e-5, atol=1e-9)
+
+
+def test_loss_function_is_a_parameter_soft_labels_included(problem):
+    """A paper may pass its own per-example loss: one-hot soft targets give the hard-label gradient,
+    and a different loss (here squared error on probabilities) gives a different one."""
+    x, y, dev_x, dev_y = problem
+    model, opt = trained(torch.optim.SGD, x, y, lr=0.1, momentum=0.9, weight_decay=0.01)
+    w = torch.rand(6, dtype=torch.float64)
+    hard = lookahead_meta_gradient(model, opt, x, y, dev_x, dev_y, w)
+    one_hot = lambda t: nn.functional.one_hot(t, 3).double()
+    soft = lookahead_meta_gradient(model, opt, x, one_hot(y), dev_x, one_hot(dev_y), w)
+    torch.testing.assert_close(soft, hard)
+    brier = lambda logits, t: ((logits.softmax(-1) - t) ** 2).sum(-1)
+    other = lookahead_meta_gradient(model, opt, x, one_hot(y), dev_x, one_hot(dev_y), w, loss_fn=brier)
+    assert (other - hard).abs().max() > 1e-4

@@ -1,5 +1,6 @@
 """common.text.mlm: BERT masking, MLM training on the tiny model (learns, atomic, no overwrite), loading,
 tied decoder, the train-pool-only corpus, and `repro mlm`."""
+import copy
 import json
 import os
 from pathlib import Path
@@ -145,7 +146,7 @@ def test_load_mlm_model_round_trips(tmp_path):
 
 
 def test_minilm_needs_a_trained_head_dir(tmp_path):
-    with pytest.raises(ConfigError, match=r"artifacts/mlm/all-MiniLM-L6-v2.*`repro mlm --profile cpu`.*mlm_hu19"):
+    with pytest.raises(ConfigError, match=r"artifacts/mlm/all-MiniLM-L6-v2.*`repro mlm --profile cpu`.*dvc stage mlm\)"):
         load_mlm_model("all-MiniLM-L6-v2")
     with pytest.raises(ConfigError, match=rf"{tmp_path / 'nowhere'}: no trained MLM model.*repro mlm"):
         load_mlm_model("all-MiniLM-L6-v2", tmp_path / "nowhere")
@@ -183,9 +184,12 @@ def text_mirror() -> str:
     return path
 
 
+HU19_POOLS = {"trec": [("train_tail", 500)], "imdb": [("train_tail_per_class", 500)]}
+
+
 def test_mlm_corpus_uses_train_pools_only(text_mirror):
     from common.data import load_dataset
-    train, dev = mlm_corpus(text_mirror, imdb_limit=None)
+    train, dev = mlm_corpus(text_mirror, held_out_pools=HU19_POOLS, imdb_limit=None)
     corpus = set(train) | set(dev)
     assert len(corpus) == len(train) + len(dev) and not set(train) & set(dev)
     assert abs(len(dev) / len(corpus) - 0.02) < 0.001 and not any("<br />" in t for t in corpus)
@@ -210,13 +214,36 @@ def test_mlm_corpus_uses_train_pools_only(text_mirror):
 
 
 def test_mlm_corpus_is_seeded(text_mirror):
-    first = mlm_corpus(text_mirror, datasets=("trec", "imdb"), imdb_limit=50, seed=0)
-    assert mlm_corpus(text_mirror, datasets=("trec", "imdb"), imdb_limit=50, seed=0) == first
-    other = mlm_corpus(text_mirror, datasets=("trec", "imdb"), imdb_limit=50, seed=1)
+    first = mlm_corpus(text_mirror, datasets=("trec", "imdb"), held_out_pools=HU19_POOLS, imdb_limit=50, seed=0)
+    assert mlm_corpus(text_mirror, datasets=("trec", "imdb"), held_out_pools=HU19_POOLS, imdb_limit=50, seed=0) == first
+    other = mlm_corpus(text_mirror, datasets=("trec", "imdb"), held_out_pools=HU19_POOLS, imdb_limit=50, seed=1)
     assert other[1] != first[1] and sum(len(part) for part in first) < 4952 + 50
 
 
-SMOKE_BLOCK = {"backbone": "tiny-random-bert", "steps": 2, "batch_size": 4, "lr": 1.0e-4, "max_seq_len": 32,
+def test_held_out_pools_come_from_the_tables_split_definitions():
+    """The MLM's leak guard is derived from every registered table's dev pools, not a copied list."""
+    from common.config import load_params
+    from pipelines.grid import text_dev_pools
+    from tests.conftest import REPO
+    params = load_params(REPO / "params.yaml")
+    assert text_dev_pools(params, "cpu") == {"trec": [("train_tail", 500)], "imdb": [("train_tail_per_class", 500)]}
+    edited = copy.deepcopy(params)
+    edited["hu19"]["profiles"]["cpu"]["table1"]["settings"]["trec"]["dev_pool_size"] = 800
+    assert text_dev_pools(edited, "cpu")["trec"] == [("train_tail", 800)]
+
+
+def test_a_run_whose_dev_pool_the_mlm_saw_is_refused(tmp_path):
+    from common.text.mlm import REPORT_NAME, check_dev_pool_held_out
+    (tmp_path / REPORT_NAME).write_text(json.dumps({"datasets": ["trec", "sst5"],
+                                                    "held_out_pools": {"trec": [["train_tail", 500]]}}))
+    check_dev_pool_held_out(tmp_path, "trec", "train_tail", 500)
+    check_dev_pool_held_out(tmp_path, "sst5", "dev_split", 0)          # an official dev split: always held out
+    check_dev_pool_held_out(tmp_path, "imdb", "train_tail_per_class", 500)   # not in the corpus
+    with pytest.raises(ConfigError, match=r"without holding out the dev pool \(train_tail, 800\).*repro mlm"):
+        check_dev_pool_held_out(tmp_path, "trec", "train_tail", 800)
+
+
+SMOKE_BLOCK = {"backbone": "tiny-random-bert", "datasets": ["sst5", "sst2", "trec", "imdb"], "steps": 2, "batch_size": 4, "lr": 1.0e-4, "max_seq_len": 32,
                "seed": 0, "imdb_limit": 10}
 
 
@@ -226,7 +253,7 @@ def run_cli(tmp_path, block: dict | None, *extra: str) -> int:
     from pipelines.cli import main
     from tests.conftest import REPO
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["hu19"]["mlm"]["smoke"] = block
+    params["mlm"]["profiles"]["smoke"] = block
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return main(["--params", str(tmp_path / "params.yaml"), "mlm", "--profile", "smoke", *extra])
 
@@ -244,11 +271,11 @@ def test_cli_mlm_trains_then_refuses_to_overwrite(tmp_path, monkeypatch, capsys)
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"steps": "600"}, r"hu19\.mlm\.smoke\.steps: expected int, got str '600' \(a quoted number is text"),
-    ({"lr": "1e-4"}, r"hu19\.mlm\.smoke\.lr: expected float, got str '1e-4' \(YAML reads 1e-4 as text"),
-    ({"step": 3}, r"hu19\.mlm\.smoke: unknown key\(s\) \['step'\]"),
-    ({"out_dir": None}, r"hu19\.mlm\.smoke\.out_dir: missing"),
-    (None, r"hu19\.mlm\.smoke: missing \(expected the keys"),
+    ({"steps": "600"}, r"mlm\.profiles\.smoke\.steps: expected int, got str '600' \(a quoted number is text"),
+    ({"lr": "1e-4"}, r"mlm\.profiles\.smoke\.lr: expected float, got str '1e-4' \(YAML reads 1e-4 as text"),
+    ({"step": 3}, r"mlm\.profiles\.smoke: unknown key\(s\) \['step'\]"),
+    ({"out_dir": None}, r"mlm\.profiles\.smoke\.out_dir: missing"),
+    (None, r"mlm\.profiles\.smoke: missing \(expected the keys"),
 ], ids=["steps-string", "lr-1e-4", "unknown-key", "out_dir-missing", "block-missing"])
 def test_cli_mlm_bad_params(tmp_path, capsys, change, message):
     import re
