@@ -260,6 +260,7 @@ def run_cli(tmp_path, block: dict | None, *extra: str) -> int:
 
 def test_cli_mlm_trains_then_refuses_to_overwrite(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(mlm_head, "mlm_corpus", lambda *args, **kwargs: ([SENTENCE] * 9, [SENTENCE]))
+    monkeypatch.chdir(tmp_path)          # the MLM report is published to ./reports/mlm: not the repo's
     block = {**SMOKE_BLOCK, "out_dir": str(tmp_path / "artifacts/mlm/smoke")}
     assert run_cli(tmp_path, block) == 0
     report = json.loads((tmp_path / "artifacts/mlm/smoke/mlm_report.json").read_text())
@@ -268,6 +269,7 @@ def test_cli_mlm_trains_then_refuses_to_overwrite(tmp_path, monkeypatch, capsys)
     assert run_cli(tmp_path, block) == 2
     assert "smoke: exists and is not empty" in capsys.readouterr().err
     assert run_cli(tmp_path, block, "--overwrite") == 0
+    assert (tmp_path / "reports/mlm/hu19_smoke.json").is_file()
 
 
 @pytest.mark.parametrize("change, message", [
