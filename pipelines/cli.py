@@ -93,7 +93,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from pipelines.report import write_reports
+    from pipelines.reports import write_reports
 
     params = load_params(args.params)
     profile = _profile(args, params)

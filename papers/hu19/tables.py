@@ -23,6 +23,7 @@ from common.train.checkpoint import RunCheckpoint
 from common.train.device import resolve_device
 from common.train.loop import fit_fixed_steps, fit_with_dev_selection
 from common.train.steps import weighted_step
+from papers.hu19.report_sections import report_sections  # noqa: F401  (the contract's report hook)
 from papers.hu19.text_tables import (
     execute_text,
     prepare_text_split,

@@ -8,13 +8,13 @@ import math
 import pytest
 import yaml
 
-import pipelines.report as report
+import pipelines.reports as report
 from common.config import config_hash, load_params
 from common.io import write_json_atomic
 from common.run.results import RunKey
 from papers.hu19.tables import resolve_requirements
 from pipelines.grid import table_configs
-from pipelines.report import (
+from pipelines.reports import (
     Stats,
     Verdict,
     like_for_like_verdict,

@@ -1,0 +1,91 @@
+"""`repro report`: published numbers vs committed results, as markdown, figures and a scoreboard.
+
+Per registered paper with a `paper_tables.yaml`: reports/<paper>.md (one verdict table per published
+table), reports/figures/<paper>_<table>.png, the results section of papers/<paper>/README.md (between
+`<!-- results:start -->` and `<!-- results:end -->`), and reports/index.md across all papers.
+Verdicts: like-for-like tables compare means within two standard errors; tables whose profile
+deviates from the `paper` profile compare only the paper's ordering against the `base` row.
+Output is deterministic: yaml order, 2-decimal numbers, fixed bootstrap seed, no timestamps.
+
+Modules: `stats` (aggregates, verdict rules, ordering tests), `published` (paper_tables.yaml),
+`table_report` (cells of one table), `markdown`, `figures`, `scoreboard` (index.md),
+`mlflow_summary`. A paper adds its own lines under a table through its `report_sections` hook.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from common.errors import ConfigError
+from common.run.results import collect_results
+from common.run.tracking import Tracker
+from pipelines.papers import PAPER_MODULES
+from pipelines.reports.figures import draw_figure
+from pipelines.reports.markdown import (
+    ordering_check,
+    ordering_rows,
+    render_paper_report,
+    render_table_section,
+    update_readme,
+)
+from pipelines.reports.mlflow_summary import log_table_summaries
+from pipelines.reports.published import PAPERS_DIR, load_published, with_variants
+from pipelines.reports.scoreboard import COUNTED_VERDICTS, render_index, verdict_counts
+from pipelines.reports.stats import (
+    Stats,
+    Verdict,
+    aggregate,
+    like_for_like_verdict,
+    ordering_verdict,
+    seed_stats,
+)
+from pipelines.reports.table_report import Cell, TableReport, build_table, table_deviations
+
+REPORTS_DIR = Path("reports")
+
+__all__ = [
+    "COUNTED_VERDICTS", "PAPERS_DIR", "REPORTS_DIR", "Cell", "ConfigError", "Stats", "TableReport", "Verdict",
+    "aggregate", "build_table", "draw_figure", "like_for_like_verdict", "load_published", "ordering_check",
+    "ordering_rows", "ordering_verdict", "render_index", "render_table_section", "seed_stats", "table_deviations",
+    "verdict_counts", "with_variants", "write_paper_report", "write_reports",
+]
+
+
+def write_paper_report(params: dict, profile: str, paper: str, published: dict,
+                       papers_dir: Path) -> tuple[list[TableReport], list[Path]]:
+    """reports/<paper>.md, its figures and the README results block; returns the tables and written paths."""
+    results = collect_results(Path(params["base"]["results_dir"]), profile, paper)
+    reports = [build_table(published, table, params, paper, profile, results) for table in published["tables"]]
+    figures = [REPORTS_DIR / "figures" / f"{paper}_{r.table}.png" for r in reports]
+    drawn = [fig for r, fig in zip(reports, figures) if draw_figure(r, published, paper, profile, fig)]
+
+    def sections(figure_prefix: str) -> str:
+        return "\n".join(render_table_section(r, published, profile, figure_prefix + fig.name if fig in drawn else None)
+                         for r, fig in zip(reports, figures))
+
+    report_path = REPORTS_DIR / f"{paper}.md"
+    benchmarks = sorted((REPORTS_DIR / "benchmarks").glob(f"{paper}_*.json"))
+    mlm_path = REPORTS_DIR / "mlm" / f"{paper}_{profile}.json"
+    report_path.write_text(render_paper_report(published, profile, sections("figures/"), reports, benchmarks,
+                                               mlm_path))
+    readme = papers_dir / paper / "README.md"
+    readme_updated = update_readme(readme, sections("../../reports/figures/").rstrip("\n"))
+    return reports, [report_path, *drawn, *([readme] if readme_updated else [])]
+
+
+def write_reports(params: dict, profile: str, log_tables: bool = True) -> list[Path]:
+    """All paper reports, figures, README blocks and reports/index.md; returns the written paths."""
+    (REPORTS_DIR / "figures").mkdir(parents=True, exist_ok=True)
+    tracker = Tracker(params["base"]["tracking_uri"]) if log_tables else None
+    scoreboard: dict[str, list[TableReport] | None] = {}
+    written: list[Path] = []
+    for paper in PAPER_MODULES:
+        published = load_published(paper, PAPERS_DIR)
+        if published is None:
+            continue
+        scoreboard[paper], paths = write_paper_report(params, profile, paper, published, PAPERS_DIR)
+        written += paths
+        if tracker is not None:
+            log_table_summaries(tracker, paper, profile, scoreboard[paper], REPORTS_DIR)
+    index = REPORTS_DIR / "index.md"
+    index.write_text(render_index(scoreboard, profile))
+    return written + [index]

@@ -1,0 +1,42 @@
+"""Report figures: paper vs ours bars per setting of a table (matplotlib, no pyplot state)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from pipelines.reports.table_report import TableReport
+
+PAPER_COLOUR, OURS_COLOUR = "#9aa5b1", "#1f77b4"
+
+
+def draw_figure(report: TableReport, published: dict, paper: str, profile: str, path: Path) -> bool:
+    """Grouped bars (paper vs ours, ± std) per setting; False (and no file) if the table has no results."""
+    if not any(cell.ours and cell.ours.n for cell in report.cells):
+        path.unlink(missing_ok=True)
+        return False
+    spec = published["tables"][report.table]
+    settings = list(spec["results"])
+    fig = Figure(figsize=(max(6.0, 4.0 * len(settings)), 4.8), dpi=100)
+    axes = fig.subplots(1, len(settings), sharey=True, squeeze=False)[0]
+    for ax, setting in zip(axes, settings):
+        cells = [c for c in report.cells if c.setting == setting]
+        xs = range(len(cells))
+        ax.bar([x - 0.2 for x in xs], [c.paper.mean for c in cells], 0.4, yerr=[c.paper.std for c in cells],
+               capsize=3, color=PAPER_COLOUR)
+        ours = [(x, c.ours) for x, c in zip(xs, cells) if c.ours and c.ours.n]
+        ax.bar([x + 0.2 for x, _ in ours], [s.mean for _, s in ours], 0.4, yerr=[s.std for _, s in ours],
+               capsize=3, color=OURS_COLOUR)
+        ax.set_xticks(list(xs), [spec["methods"][c.method]["label"] for c in cells], rotation=30, ha="right",
+                      fontsize=8)
+        ax.set_title(spec["settings"][setting]["label"], fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("test accuracy (%)")
+    fig.legend(handles=[Patch(color=PAPER_COLOUR, label="paper"), Patch(color=OURS_COLOUR, label=f"ours ({profile})")],
+               loc="upper center", bbox_to_anchor=(0.5, 0.94), ncol=2, fontsize=8, frameon=False)
+    fig.suptitle(f"{paper} {report.table}: {report.title}", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.91))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", metadata={"Software": None})
+    return True

@@ -1,0 +1,34 @@
+"""reports/index.md: verdict counts per (paper, table) across the registry's papers."""
+from __future__ import annotations
+
+from pipelines.papers import ALL_PAPERS, PAPER_MODULES
+from pipelines.reports.markdown import markdown_table
+from pipelines.reports.table_report import TableReport
+
+COUNTED_VERDICTS = ("OK", "SHAPE", "FAIL", "PENDING", "NOT RUN")
+
+
+def verdict_counts(report: TableReport) -> dict[str, int]:
+    """Number of published cells per counted verdict kind (`ref` rows and our variants are not counted)."""
+    return {kind: sum(cell.verdict.kind == kind and not cell.variant for cell in report.cells)
+            for kind in COUNTED_VERDICTS}
+
+
+def scoreboard_papers(scoreboard: dict) -> list[str]:
+    """The scoreboard's rows: every paper of the registry (planned ones first, in their order), then
+    any other paper with a report."""
+    return [*ALL_PAPERS, *sorted((set(PAPER_MODULES) | set(scoreboard)) - set(ALL_PAPERS))]
+
+
+def render_index(scoreboard: dict[str, list[TableReport] | None], profile: str) -> str:
+    """One row per (paper, table) with verdict counts; papers without tables are 'not started'."""
+    rows = []
+    for paper in scoreboard_papers(scoreboard):
+        if scoreboard.get(paper) is None:
+            rows.append([paper, "—", profile, "not started", *[""] * len(COUNTED_VERDICTS), "—"])
+        for r in scoreboard.get(paper) or []:
+            like = {True: "yes", False: "no", None: "not configured"}[r.like_for_like]
+            rows.append([paper, r.table, profile, like, *verdict_counts(r).values(), f"[{paper}.md]({paper}.md)"])
+    header = ["paper", "table", "profile", "like-for-like?", *COUNTED_VERDICTS, "report"]
+    return "\n".join(["# Replication scoreboard", "", f"Cell counts per table for the `{profile}` profile "
+                      "(`ref` rows are not counted).", "", *markdown_table(header, rows)]) + "\n"

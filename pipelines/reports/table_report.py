@@ -1,0 +1,129 @@
+"""One published table against our current results: cells with verdicts and deviation footnotes."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+from common.errors import ConfigError
+from pipelines.grid import current_hashes
+from pipelines.reports.stats import Stats, Verdict, aggregate, like_for_like_verdict, ordering_verdict
+
+UNCOMPARED_CONFIG_KEYS = ("seeds", "not_run")
+
+
+@dataclass(frozen=True)
+class Cell:
+    setting: str
+    method: str
+    paper: Stats
+    ours: Stats | None
+    verdict: Verdict
+    variant: bool = False          # our variant of a published method (not a published cell)
+
+
+@dataclass
+class TableReport:
+    table: str
+    title: str
+    like_for_like: bool | None     # None: the table is not configured in the profile
+    footnotes: list[str]
+    cells: list[Cell]
+    runs: list[dict]
+    stale: list[dict] = dataclasses.field(default_factory=list)   # results of an older config: not counted
+    stale_check: str = ""          # why results could not be checked against the current config, if so
+    ours_stats: dict = dataclasses.field(default_factory=dict)   # (table, setting, method) -> Stats, every method
+
+
+def _yaml_value(value) -> str:
+    return "unset" if value is None else value if isinstance(value, str) else json.dumps(value)
+
+
+def config_differences(ours: dict, reference: dict, prefix: str = "") -> list[str]:
+    """'key: <ours> here, <reference> in the paper profile' for every differing key, recursing into dicts."""
+    notes = []
+    for key in sorted(set(ours) | set(reference)):
+        mine, theirs = ours.get(key), reference.get(key)
+        if isinstance(mine, dict) and isinstance(theirs, dict):
+            notes += config_differences(mine, theirs, f"{prefix}{key}.")
+        elif mine != theirs:
+            notes.append(f"{prefix}{key}: {_yaml_value(mine)} here, {_yaml_value(theirs)} in the paper profile")
+    return notes
+
+
+def table_deviations(ours: dict, reference: dict | None) -> list[str]:
+    """Config differences from the paper profile (settings compared only where this profile has them)."""
+    if reference is None:
+        return ["no `paper` profile config for this table to compare with"]
+    skip = set(UNCOMPARED_CONFIG_KEYS) | {"settings"}
+    notes = config_differences({k: v for k, v in ours.items() if k not in skip},
+                               {k: v for k, v in reference.items() if k not in skip})
+    for setting, override in ours.get("settings", {}).items():
+        if setting not in reference.get("settings", {}):
+            notes.append(f"settings.{setting}: configured here, absent in the paper profile")
+        else:
+            notes += config_differences(override, reference["settings"][setting], f"settings.{setting}.")
+    return notes
+
+
+def not_run_reason(config: dict | None, setting: str, method: str, profile: str) -> str:
+    """Why a cell has no results: the profile's `not_run` note, else what the profile leaves out."""
+    if config is None:
+        return f"table not in the `{profile}` profile"
+    if setting in config.get("not_run", {}):
+        return config["not_run"][setting]
+    if setting not in config.get("settings", {}) or method not in config.get("methods", [method]):
+        return f"not in the `{profile}` profile"
+    seeds = config.get("seeds")
+    return f"none of its {seeds} planned runs finished yet" if seeds else "not run yet"
+
+
+def current_runs(table: str, config: dict | None, params: dict, paper: str, profile: str,
+                 runs: list[dict]) -> tuple[list[dict], list[dict], str]:
+    """Split a table's results into those of the current params and stale ones (another config hash,
+    e.g. params edited after the run); the third item says why no check was possible, if so.
+    `config`: the table's block in the profile (None: not configured, nothing to check against)."""
+    if config is None:
+        return runs, [], ""
+    try:
+        expected = current_hashes(params, paper, profile, table, runs)
+    except ConfigError as exc:
+        return runs, [], f"not checked against the current params ({exc})"
+    is_current = [expected.get((r["setting"], r["method"], r["seed"])) == r["config_hash"] for r in runs]
+    return ([r for r, ok in zip(runs, is_current) if ok], [r for r, ok in zip(runs, is_current) if not ok], "")
+
+
+def build_table(published: dict, table: str, params: dict, paper: str, profile: str,
+                results: list[dict]) -> TableReport:
+    """Cells with verdicts and deviation footnotes of one published table."""
+    spec = published["tables"][table]
+    paper_n = spec.get("n", published["n"])
+    profiles = params.get(paper, {}).get("profiles", {})
+    config = profiles.get(profile, {}).get(table)
+    footnotes, like_for_like = [], None
+    if config is not None:
+        deviations = [] if profile == "paper" else table_deviations(config, profiles.get("paper", {}).get(table))
+        like_for_like = not deviations
+        footnotes = deviations + ([f"n = {config['seeds']} seeds here vs {paper_n} in the paper"]
+                                  if config.get("seeds", paper_n) < paper_n else [])
+    runs, stale, stale_check = current_runs(table, config, params, paper, profile,
+                                            [r for r in results if r["table"] == table])
+    ours_stats = aggregate(runs)
+    cells = []
+    for setting, by_method in spec["results"].items():
+        base = by_method.get("base")
+        paper_base = Stats(paper_n, base["mean"], base["std"]) if base else None
+        for method, published_cell in by_method.items():
+            theirs = Stats(paper_n, published_cell["mean"], published_cell["std"])
+            ours = ours_stats.get((table, setting, method))
+            variant = method in spec.get("our_variants", {})
+            if variant and ours is None and config is not None and method not in config.get("methods", []):
+                continue  # our variant, not planned in this profile: no row
+            if ours is None:
+                verdict = Verdict("NOT RUN", ": " + not_run_reason(config, setting, method, profile))
+            elif like_for_like:
+                verdict = like_for_like_verdict(theirs, ours)
+            else:
+                verdict = ordering_verdict(method, theirs, ours, paper_base, ours_stats.get((table, setting, "base")))
+            cells.append(Cell(setting, method, theirs, ours, verdict, variant))
+    return TableReport(table, spec["title"], like_for_like, footnotes, cells, runs, stale, stale_check, ours_stats)
