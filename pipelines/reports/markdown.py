@@ -13,6 +13,9 @@ from pipelines.reports.table_report import TableReport
 
 README_BLOCK = re.compile(r"(^<!-- results:start -->[ \t]*\n).*?(^<!-- results:end -->)", re.S | re.M)
 COLUMNS = ("setting", "method", "paper mean ± std (n)", "ours mean ± std (n)", "Δ (ours − paper)", "verdict")
+# a table with `official_log` cells: the logs beside the paper's numbers, their verdict beside the paper's
+COLUMNS_WITH_LOG = ("setting", "method", "paper mean ± std (n)", "official log mean ± std (n)", "ours mean ± std (n)",
+                    "Δ (ours − paper)", "verdict", "verdict vs official log")
 # Welch p: two-sided Welch t-test of the two groups of runs; CI: percentile bootstrap of the difference
 # of means (stats.BOOTSTRAP_RESAMPLES resamples of each group, seed stats.BOOTSTRAP_SEED).
 ORDERING_COLUMNS = ("setting", "paper's claim", "in the paper?", "ours (Δ ± 2 SE)", "Welch t-test p",
@@ -26,6 +29,9 @@ RULE_ORDERING = (
     "compared, not its numbers. A method is SHAPE if sign(ours − ours base) = sign(paper − paper base) in the "
     "same setting, else FAIL; `base` is the reference row (ref); PENDING (n<2) when the method or `base` has "
     "fewer than 2 of our runs; NOT RUN without results.")
+RULE_OFFICIAL_LOG = (
+    "Official log: {description}. Its verdict applies the same rule with the log's mean, std and n in place "
+    "of the paper's; the scoreboard counts the paper's verdict.")
 RULE_NOT_CONFIGURED = "Verdict rule: the table is not configured in the `{profile}` profile, so nothing is compared."
 ORDERINGS_INTRO = "The paper's orderings on our numbers (2 SE = two standard errors of the difference):"
 
@@ -64,10 +70,11 @@ def render_table_section(report: TableReport, published: dict, profile: str, fig
         return "\n".join([f"## {report.table}: {report.title}", "",
                           f"NOT RUN: not configured in the `{profile}` profile yet "
                           f"({len(report.cells)} published cells; see `paper_tables.yaml`).", ""])
-    rows = [[spec["settings"][c.setting]["label"], spec["methods"][c.method]["label"], mean_std(c.paper),
-             mean_std(c.ours), f"{c.ours.mean - c.paper.mean:+.2f}" if c.ours and c.ours.n else "—", c.verdict.text]
-            for c in report.cells]
-    lines = [f"## {report.table}: {report.title}", "", rule, "", *markdown_table(COLUMNS, rows), ""]
+    lines = [f"## {report.table}: {report.title}", "", rule, ""]
+    if report.has_logs:
+        description = (published.get("official_logs") or {}).get("description", "the paper's own per-run logs")
+        lines += [RULE_OFFICIAL_LOG.format(description=description.rstrip(".")), ""]
+    lines += [*render_verdict_table(report, spec), ""]
     if report.stale:
         groups: dict[tuple[str, str], list[int]] = {}
         for r in report.stale:
@@ -95,6 +102,22 @@ def render_table_section(report: TableReport, published: dict, profile: str, fig
     else:
         lines += ["_No figure: no results for this table yet._", ""]
     return "\n".join(lines)
+
+
+def render_verdict_table(report: TableReport, spec: dict) -> list[str]:
+    """One row per cell: published numbers, ours, Δ and verdict; the official-log columns when the
+    table has any."""
+    rows = []
+    for c in report.cells:
+        delta = f"{c.ours.mean - c.paper.mean:+.2f}" if c.ours and c.ours.n else "—"
+        ours = mean_std(c.ours)
+        if report.has_logs:
+            log_verdict = "—" if c.log_verdict is None else c.log_verdict.text
+            values = [mean_std(c.paper), mean_std(c.log), ours, delta, c.verdict.text, log_verdict]
+        else:
+            values = [mean_std(c.paper), ours, delta, c.verdict.text]
+        rows.append([spec["settings"][c.setting]["label"], spec["methods"][c.method]["label"], *values])
+    return markdown_table(COLUMNS_WITH_LOG if report.has_logs else COLUMNS, rows)
 
 
 def render_diverged(report: TableReport) -> list[str]:

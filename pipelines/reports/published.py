@@ -13,7 +13,8 @@ PAPERS_DIR = Path(papers.__file__).parent
 
 def load_published(paper: str, papers_dir: Path = PAPERS_DIR) -> dict | None:
     """<papers_dir>/<paper>/paper_tables.yaml, or None if the paper has none; `paper` set to the id,
-    each table's `our_variants` expanded (see `with_variants`)."""
+    each table's `our_variants` expanded (see `with_variants`), `stated_in_text` and `official_log`
+    entries checked."""
     path = Path(papers_dir) / paper / "paper_tables.yaml"
     if not path.exists():
         return None
@@ -22,6 +23,7 @@ def load_published(paper: str, papers_dir: Path = PAPERS_DIR) -> dict | None:
     published["tables"] = {name: with_variants(spec) for name, spec in published.get("tables", {}).items()}
     for name, spec in published["tables"].items():
         validate_stated_in_text(name, spec)
+        validate_official_logs(name, spec)
     return published
 
 
@@ -58,3 +60,24 @@ def validate_stated_in_text(table: str, spec: dict) -> None:
         for pair in entry["orderings"]:
             if not (isinstance(pair, list) and len(pair) == 2 and method in pair):
                 raise ConfigError(f"{where}.orderings: {pair!r}; expected [higher, lower] pairs naming {method!r}")
+
+
+OFFICIAL_LOG_KEYS = ("source", "path", "n", "mean", "std")
+
+
+def validate_official_logs(table: str, spec: dict) -> None:
+    """`official_log` of a result cell ({source, path, n, mean, std}): a second reference, the paper's
+    own per-run logs (e.g. published with its code); n a positive integer, mean and std numbers."""
+    for setting, by_method in spec["results"].items():
+        for method, cell in by_method.items():
+            log = cell.get("official_log")
+            if log is None:
+                continue
+            where = f"paper_tables.yaml: tables.{table}.results.{setting}.{method}.official_log"
+            missing = [k for k in OFFICIAL_LOG_KEYS if k not in (log if isinstance(log, dict) else {})]
+            if missing:
+                raise ConfigError(f"{where}: missing {missing}; expected {', '.join(OFFICIAL_LOG_KEYS)}")
+            numbers_ok = all(isinstance(log[k], (int, float)) and not isinstance(log[k], bool) for k in ("mean", "std"))
+            if not (isinstance(log["n"], int) and not isinstance(log["n"], bool) and log["n"] >= 1 and numbers_ok):
+                raise ConfigError(f"{where}: n={log['n']!r}, mean={log['mean']!r}, std={log['std']!r}; "
+                                  "expected a positive integer n and numbers mean and std")

@@ -14,6 +14,14 @@ def verdict_counts(report: TableReport) -> dict[str, int]:
             for kind in COUNTED_VERDICTS}
 
 
+def log_verdict_counts(report: TableReport) -> str:
+    """The verdicts against the official logs, counted like `verdict_counts` over the cells with a log
+    ('OK 2, FAIL 1'; '—' without logs)."""
+    counts = {kind: sum(cell.log_verdict is not None and cell.log_verdict.kind == kind and not cell.variant
+                        for cell in report.cells) for kind in COUNTED_VERDICTS}
+    return ", ".join(f"{kind} {n}" for kind, n in counts.items() if n) or "—"
+
+
 def scoreboard_papers(scoreboard: dict) -> list[str]:
     """The scoreboard's rows: every paper of the registry (planned ones first, in their order), then
     any other paper with a report."""
@@ -25,10 +33,13 @@ def render_index(scoreboard: dict[str, list[TableReport] | None], profile: str) 
     rows = []
     for paper in scoreboard_papers(scoreboard):
         if scoreboard.get(paper) is None:
-            rows.append([paper, "—", profile, "not started", *[""] * len(COUNTED_VERDICTS), "—"])
+            rows.append([paper, "—", profile, "not started", *[""] * len(COUNTED_VERDICTS), "—", "—"])
         for r in scoreboard.get(paper) or []:
             like = {True: "yes", False: "no", None: "not configured"}[r.like_for_like]
-            rows.append([paper, r.table, profile, like, *verdict_counts(r).values(), f"[{paper}.md]({paper}.md)"])
-    header = ["paper", "table", "profile", "like-for-like?", *COUNTED_VERDICTS, "report"]
+            rows.append([paper, r.table, profile, like, *verdict_counts(r).values(), f"[{paper}.md]({paper}.md)",
+                         log_verdict_counts(r)])
+    header = ["paper", "table", "profile", "like-for-like?", *COUNTED_VERDICTS, "report", "vs official log"]
     return "\n".join(["# Replication scoreboard", "", f"Cell counts per table for the `{profile}` profile "
-                      "(`ref` rows are not counted).", "", *markdown_table(header, rows)]) + "\n"
+                      "(`ref` rows are not counted). The counts are verdicts against the paper's numbers; "
+                      "`vs official log` counts the same cells' verdicts against the per-run logs the paper's "
+                      "code published, where it did.", "", *markdown_table(header, rows)]) + "\n"

@@ -20,6 +20,8 @@ class Cell:
     ours: Stats | None
     verdict: Verdict
     variant: bool = False          # our variant of a published method (not a published cell)
+    log: Stats | None = None       # the paper's own per-run logs (`official_log`), if published
+    log_verdict: Verdict | None = None   # ours against `log`, by the table's rule
 
 
 @dataclass
@@ -33,6 +35,10 @@ class TableReport:
     stale: list[dict] = dataclasses.field(default_factory=list)   # results of an older config: not counted
     stale_check: str = ""          # why results could not be checked against the current config, if so
     ours_stats: dict = dataclasses.field(default_factory=dict)   # (table, setting, method) -> Stats, every method
+
+    @property
+    def has_logs(self) -> bool:
+        return any(cell.log is not None for cell in self.cells)
 
 
 def _yaml_value(value) -> str:
@@ -93,6 +99,22 @@ def current_runs(table: str, config: dict | None, params: dict, paper: str, prof
     return ([r for r, ok in zip(runs, is_current) if ok], [r for r, ok in zip(runs, is_current) if not ok], "")
 
 
+def official_log_stats(cell: dict | None) -> Stats | None:
+    """The `official_log` of a published cell as Stats, if it has one."""
+    log = (cell or {}).get("official_log")
+    return Stats(log["n"], log["mean"], log["std"]) if log else None
+
+
+def cell_verdict(method: str, reference: Stats, ours: Stats | None, reference_base: Stats | None,
+                 ours_base: Stats | None, like_for_like: bool | None, not_run: str) -> Verdict:
+    """Ours against one reference (the paper's numbers or its logs) by the table's rule."""
+    if ours is None:
+        return Verdict("NOT RUN", not_run)
+    if like_for_like:
+        return like_for_like_verdict(reference, ours)
+    return ordering_verdict(method, reference, ours, reference_base, ours_base)
+
+
 def build_table(published: dict, table: str, params: dict, paper: str, profile: str,
                 results: list[dict]) -> TableReport:
     """Cells with verdicts and deviation footnotes of one published table."""
@@ -113,17 +135,18 @@ def build_table(published: dict, table: str, params: dict, paper: str, profile: 
     for setting, by_method in spec["results"].items():
         base = by_method.get("base")
         paper_base = Stats(paper_n, base["mean"], base["std"]) if base else None
+        log_base = official_log_stats(base)
+        ours_base = ours_stats.get((table, setting, "base"))
         for method, published_cell in by_method.items():
             theirs = Stats(paper_n, published_cell["mean"], published_cell["std"])
             ours = ours_stats.get((table, setting, method))
             variant = method in spec.get("our_variants", {})
             if variant and ours is None and config is not None and method not in config.get("methods", []):
                 continue  # our variant, not planned in this profile: no row
-            if ours is None:
-                verdict = Verdict("NOT RUN", ": " + not_run_reason(config, setting, method, profile))
-            elif like_for_like:
-                verdict = like_for_like_verdict(theirs, ours)
-            else:
-                verdict = ordering_verdict(method, theirs, ours, paper_base, ours_stats.get((table, setting, "base")))
-            cells.append(Cell(setting, method, theirs, ours, verdict, variant))
+            not_run = ": " + not_run_reason(config, setting, method, profile)
+            verdict = cell_verdict(method, theirs, ours, paper_base, ours_base, like_for_like, not_run)
+            log = official_log_stats(published_cell)
+            log_verdict = None if log is None else cell_verdict(method, log, ours, log_base, ours_base,
+                                                                like_for_like, "")
+            cells.append(Cell(setting, method, theirs, ours, verdict, variant, log, log_verdict))
     return TableReport(table, spec["title"], like_for_like, footnotes, cells, runs, stale, stale_check, ours_stats)
