@@ -5,10 +5,8 @@ from pathlib import Path
 
 import yaml
 
-import papers
 from common.errors import ConfigError
-
-PAPERS_DIR = Path(papers.__file__).parent
+from pipelines.papers import PAPERS_DIR
 
 
 def load_published(paper: str, papers_dir: Path = PAPERS_DIR) -> dict | None:
