@@ -6,8 +6,9 @@ line in `PAPER_MODULES` (see docs/adding_a_paper.md); nothing else in pipelines/
 
 Optional hooks (module attributes; absent = the default in brackets):
 
-* `report_sections(table, runs, published) -> list[str]`: markdown lines a paper adds after a
-  table's orderings (hu19: its divergence note and Figure 2) [none];
+* `report_sections`: a function (table, runs, published) -> list[str], or its "module:function"
+  reference: markdown lines a paper adds after a table's orderings (hu19: its divergence note and
+  Figure 2) [none];
 * `BENCH_SUITES: {suite: "module:function"}`, each function (params, profile, repeats, out_dir) -> Path:
   `repro bench` suites, imported only when run (so bench code is no dependency of the run stages) [none];
 * `run_cost(method) -> int`: cost rank of a method, cheaper runs first within a seed [all equal];
@@ -67,15 +68,24 @@ def paper_module(paper: str) -> PaperTables:
 
 
 def hook(paper: str, name: str, default: Any = None) -> Any:
-    """An optional hook of a registered paper (module docstring), or `default`."""
-    return getattr(paper_module(paper), name, default)
+    """An optional hook of a registered paper (module docstring), or `default`. A hook given as a
+    "module:function" string is imported on first call, so the code behind it (report sections,
+    benchmarks) is not imported by, nor a DVC dependency of, the paper's run stages."""
+    value = getattr(paper_module(paper), name, default)
+    return lazy_reference(value) if isinstance(value, str) else value
+
+
+def lazy_reference(ref: str) -> Callable:
+    """A callable that imports "module:function" when first called, then calls it."""
+    module, _, function = ref.partition(":")
+    if not module or not function:
+        raise ConfigError(f"hook reference {ref!r}: expected 'module:function'")
+
+    def call(*args, **kwargs):
+        return getattr(importlib.import_module(module), function)(*args, **kwargs)
+    return call
 
 
 def bench_suites(paper: str) -> Mapping[str, Callable]:
     """{suite: function} of a paper's BENCH_SUITES hook, each imported on first use."""
-    def lazy(ref: str) -> Callable:
-        def run(*args, **kwargs):
-            module, _, name = ref.partition(":")
-            return getattr(importlib.import_module(module), name)(*args, **kwargs)
-        return run
-    return {suite: lazy(ref) for suite, ref in hook(paper, "BENCH_SUITES", {}).items()}
+    return {suite: lazy_reference(ref) for suite, ref in hook(paper, "BENCH_SUITES", {}).items()}
