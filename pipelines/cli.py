@@ -50,7 +50,7 @@ def cmd_run(args) -> int:
     profile = _profile(args, params)
     report = run_tables(params, args.paper, profile, _tables(args, params, profile), setting=args.setting,
                         method=args.method, seed=args.seed, workers=args.workers,
-                        replace_changed=args.replace_changed, dry_run=args.dry_run)
+                        replace_changed=args.replace_changed, dry_run=args.dry_run, allow_dirty=args.allow_dirty)
     if args.dry_run:
         for label in report.done:
             print(f"would run {label}")
@@ -212,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replace-changed", action="store_true",
                    help="archive results whose config changed and run them again")
     p.add_argument("--dry-run", action="store_true", help="list what would run")
+    p.add_argument("--allow-dirty", action="store_true",
+                   help="run a cpu/paper grid from uncommitted code; each result records code_diff_sha256 and the "
+                        "diff is kept in <table>/code_diffs/ (smoke runs never need this)")
     p.set_defaults(fn=cmd_run)
     p = sub.add_parser("status", help="finished / missing / stale runs per cell, with time estimates")
     common(p)

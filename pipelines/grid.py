@@ -141,7 +141,8 @@ def prepare(params: dict, paper: str, profile: str, tables: list[str]) -> list[P
 
 
 def run_tables(params: dict, paper: str, profile: str, tables: list[str], *, setting=None, method=None, seed=None,
-               workers: int | None = None, replace_changed: bool = False, dry_run: bool = False) -> GridReport:
+               workers: int | None = None, replace_changed: bool = False, dry_run: bool = False,
+               allow_dirty: bool = False) -> GridReport:
     base = params["base"]
     module = paper_module(paper)
     configs = []
@@ -162,7 +163,7 @@ def run_tables(params: dict, paper: str, profile: str, tables: list[str], *, set
                     threads=runner_cfg["threads_per_worker"], resolve=module.resolve_requirements,
                     split_path_for=lambda c: split_path(Path(base["splits_dir"]), c),
                     replace_changed=replace_changed, on_result=tracker.log_result, dry_run=dry_run,
-                    progress=progress_enabled())
+                    progress=progress_enabled(), allow_dirty=allow_dirty)
 
 
 def text_dev_pools(params: dict, profile: str) -> dict[str, list[tuple[str, int]]]:

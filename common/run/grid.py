@@ -5,6 +5,12 @@ same hash is skipped; one with a different hash is a conflict (kept unless --rep
 which archives it first). Runs whose config has `requires` (e.g. hu19 base_val needs the `base`
 results) are resolved after the runs they depend on. Backends only map `execute_job` over jobs,
 so a cluster backend can be added beside `LocalBackend` without touching the rest.
+
+Provenance: a grid of a publishable profile (anything but `smoke`) does not start a run from a
+dirty tree (see `common.run.job.code_state`) unless `allow_dirty`. A run from a dirty tree (allowed,
+or `smoke`) records `code_diff_sha256` and its diff is stored once per table by content hash
+(`code_diff_path`), so `git apply` on the recorded HEAD rebuilds the code. The config hash never
+includes the diff, and a clean tree stores nothing extra.
 """
 from __future__ import annotations
 
@@ -15,7 +21,8 @@ from typing import Callable, Iterable
 
 from common.config import config_hash
 from common.errors import ReproError
-from common.run.job import Job, git_sha
+from common.run.job import (CODE_DIRS, GENERATED_PATHS, REPO_DIR, CodeState, DirtyTreeError, Job, code_state,
+                            write_code_diff)
 from common.run.local_backend import LocalBackend
 from common.run.progress import progress_bar
 from common.run.results import RunKey, archive_result, read_result, result_status
@@ -48,11 +55,23 @@ def run_grid(configs: Iterable[dict], *, paper_module: str, results_dir: Path, m
              backend: LocalBackend, threads: int, resolve: Callable[[dict, list[dict]], dict] | None = None,
              split_path_for: Callable[[dict], Path] | None = None, replace_changed: bool = False,
              on_result: Callable[[dict], None] | None = None, dry_run: bool = False,
-             progress: bool = False) -> GridReport:
-    """Run every config whose result is missing; `requires` configs run after their dependencies."""
-    sha = git_sha()
+             progress: bool = False, allow_dirty: bool = False, code_dir: Path | None = None) -> GridReport:
+    """Run every config whose result is missing; `requires` configs run after their dependencies.
+
+    `code_dir`: the checkout whose state results record (default: the one this package is in)."""
+    state = code_state(code_dir or REPO_DIR, with_diff=not dry_run)
+    sha = state.sha
     report = GridReport()
     configs = list(configs)
+    checked = []
+
+    def may_run(c: dict) -> None:
+        """Raise before the first run (or archive) of a publishable profile from a dirty tree."""
+        if checked or dry_run:
+            return
+        if c["profile"] != "smoke" and not allow_dirty:
+            refuse_dirty(state, c["profile"], code_dir or REPO_DIR)
+        checked.append(True)
     independent = [c for c in configs if "requires" not in c]
     dependent = [c for c in configs if "requires" in c]
 
@@ -70,14 +89,17 @@ def run_grid(configs: Iterable[dict], *, paper_module: str, results_dir: Path, m
                 if dry_run:
                     read_result(path)  # a dry run moves nothing (but a corrupt file fails as it would)
                 else:
+                    may_run(c)
                     archive_result(path)
                 status = "missing"
             if status == "done":
                 report.skipped.append(key.label())
                 continue
+            may_run(c)
             split_path = str(split_path_for(c)) if split_path_for else None
             checkpoint = key.checkpoint_path(results_dir, c["profile"])
-            jobs.append(Job(paper_module, c, str(path), mirror, threads, sha, split_path, progress, str(checkpoint)))
+            jobs.append(Job(paper_module, c, str(path), mirror, threads, sha, split_path, progress, str(checkpoint),
+                            code_diff=state.diff))
         return jobs
 
     def execute(jobs: list[Job]) -> None:
@@ -91,6 +113,8 @@ def run_grid(configs: Iterable[dict], *, paper_module: str, results_dir: Path, m
                     report.failed[job.key.label()] = error
                     log.error("run %s failed:\n%s", job.key.label(), error)
                     continue
+                if state.diff and result.get("code_diff_sha256") == state.diff_sha256:
+                    write_code_diff(job.result_path, state.diff)   # the driver's copy (a remote node wrote its own)
                 report.done.append(job.key.label())
                 log.info("finished %s: %s", job.key.label(), result["metrics"])
                 if on_result:
@@ -114,3 +138,24 @@ def run_grid(configs: Iterable[dict], *, paper_module: str, results_dir: Path, m
         resolved.append(resolve(c, deps) if resolve else c)
     execute(plan(resolved))
     return report
+
+
+def refuse_dirty(state: CodeState, profile: str, code_dir: Path, shown: int = 5) -> None:
+    """Raise `DirtyTreeError` if `state` cannot say which code made a `profile` result."""
+    if not state.known:
+        raise DirtyTreeError(
+            f"cannot tell which code would make these {profile!r} results: {code_dir} is not a git checkout "
+            "with a commit (or git is not installed). Install the package from a git checkout (pip install -e .), "
+            "or pass --allow-dirty to run anyway (results then record git_sha 'unknown')")
+    if not state.dirty:
+        return
+    paths = state.dirty_paths
+    more = f" (and {len(paths) - shown} more)" if len(paths) > shown else ""
+    generated = ", ".join(p if "." in p else p + "/" for p in GENERATED_PATHS)
+    raise DirtyTreeError(
+        f"refusing to run {profile!r}-profile results from a dirty tree: {', '.join(paths[:shown])}{more} "
+        f"differ from HEAD {state.head[:12]} (tracked files outside {generated}, or untracked .py files "
+        f"under {', '.join(p + '/' for p in CODE_DIRS)}), so a result could not say which "
+        "code made it. Either commit the changes (git commit) and run again, or pass --allow-dirty to run "
+        "anyway: each result then records code_diff_sha256 and the diff is kept in "
+        "<results_dir>/<profile>/<paper>/<table>/code_diffs/<sha256>.diff (git apply it on the recorded HEAD)")

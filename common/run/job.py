@@ -6,6 +6,7 @@ create-only (a concurrent worker's identical result is kept, a different one is 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import importlib
 import logging
 import os
@@ -17,7 +18,7 @@ from typing import Any
 
 from common.config import config_hash
 from common.errors import ReproError
-from common.io import write_json_atomic
+from common.io import write_file_atomic, write_json_atomic
 from common.run.allocator import keep_freed_memory
 from common.run.progress import progress_bar
 from common.run.results import RunKey, read_result
@@ -25,21 +26,99 @@ from common.run.results import RunKey, read_result
 log = logging.getLogger("repro.runner")
 
 
-GENERATED_PATHS = ("results", "reports", "splits")   # pipeline outputs: edits there do not make the code dirty
+# pipeline outputs: edits there do not make the code dirty (dvc.lock: `dvc repro` rewrites it after each stage,
+# before the next stage's `repro run` starts)
+GENERATED_PATHS = ("results", "reports", "splits", "dvc.lock")
+CODE_DIRS = ("common", "papers", "pipelines")          # an untracked .py file here is code a run may import
+REPO_DIR = Path(__file__).resolve().parents[2]         # the checkout whose code the runs import
+_GIT_DIFF = ("diff", "--binary", "--full-index", "--no-color", "--no-ext-diff", "--no-textconv", "--no-renames",
+             "--src-prefix=a/", "--dst-prefix=b/")
 
 
-def git_sha(cwd: str | os.PathLike = ".") -> str:
-    """HEAD's sha, with `-dirty` when tracked files other than pipeline outputs (`GENERATED_PATHS`,
-    e.g. result files committed while runs go on) differ from it."""
+class DirtyTreeError(ReproError):
+    """A publishable grid (profile `cpu` or `paper`) would run code that no commit holds."""
+
+
+@dataclass(frozen=True)
+class CodeState:
+    """Which code a run executes: HEAD and, on a dirty tree, the changes on top of it.
+
+    `diff` (bytes, `git apply`-able on `head` from the top of the checkout) holds the tracked
+    changes outside `GENERATED_PATHS` and the untracked .py files under `CODE_DIRS`; None on a clean
+    tree or when it was not asked for."""
+
+    head: str | None                      # None: not a git checkout with a commit, or no git
+    dirty_paths: tuple[str, ...] = ()
+    diff: bytes | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.head is not None
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self.dirty_paths)
+
+    @property
+    def sha(self) -> str:
+        """What results record as `git_sha`."""
+        if self.head is None:
+            return "unknown"
+        return self.head + ("-dirty" if self.dirty else "")
+
+    @property
+    def diff_sha256(self) -> str | None:
+        return hashlib.sha256(self.diff).hexdigest() if self.diff else None
+
+
+def _git(top: str | os.PathLike, *args: str, ok_codes=(0,)) -> bytes:
+    proc = subprocess.run(["git", *args], cwd=top, capture_output=True)
+    if proc.returncode not in ok_codes:
+        raise subprocess.CalledProcessError(proc.returncode, ["git", *args], proc.stdout, proc.stderr)
+    return proc.stdout
+
+
+def code_state(cwd: str | os.PathLike = REPO_DIR, *, with_diff: bool = True) -> CodeState:
+    """HEAD, the dirty paths (tracked files outside `GENERATED_PATHS` that differ from HEAD, then
+    untracked .py files under `CODE_DIRS`) and, with `with_diff` on a dirty tree, their diff."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                *(f":(exclude,top){p}" for p in GENERATED_PATHS)], cwd=cwd,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        return "unknown"
+        top = _git(cwd, "rev-parse", "--show-toplevel").decode().strip()
+        head = _git(top, "rev-parse", "--verify", "HEAD").decode().strip()
+        outside = ["--", ".", *(f":(exclude,top){p}" for p in GENERATED_PATHS)]
+        tracked = [p for p in _git(top, "diff", "HEAD", "--name-only", "--no-renames", "-z", *outside)
+                   .decode().split("\0") if p]
+        untracked = [p for p in _git(top, "ls-files", "-z", "--others", "--exclude-standard", "--",
+                                     *(f":(glob,top){d}/**/*.py" for d in CODE_DIRS)).decode().split("\0") if p]
+        diff = None
+        if with_diff and (tracked or untracked):
+            diff = _git(top, *_GIT_DIFF, "HEAD", *outside)
+            for path in sorted(untracked):      # as new files, so `git apply` re-creates them
+                diff += _git(top, *_GIT_DIFF, "--no-index", "--", "/dev/null", path, ok_codes=(0, 1))
+    except (subprocess.CalledProcessError, FileNotFoundError, UnicodeDecodeError):
+        return CodeState(None)
+    return CodeState(head, tuple(tracked) + tuple(sorted(untracked)), diff)
+
+
+def git_sha(cwd: str | os.PathLike = REPO_DIR) -> str:
+    """HEAD's sha, with `-dirty` when the code differs from it (see `code_state`: edits to pipeline
+    outputs, e.g. result files committed while runs go on, do not count); "unknown" outside git."""
+    return code_state(cwd, with_diff=False).sha
+
+
+def code_diff_path(result_path: str | os.PathLike, diff_sha256: str) -> Path:
+    """Where the diff of a run from a dirty tree is kept: shared by content hash per table,
+    <results>/<profile>/<paper>/<table>/code_diffs/<sha256>.diff (results are
+    <table>/<setting>/<method>/seed<k>.json)."""
+    return Path(result_path).parents[2] / "code_diffs" / f"{diff_sha256}.diff"
+
+
+def write_code_diff(result_path: str | os.PathLike, diff: bytes) -> Path:
+    """Store `diff` under its content hash beside the table's results (atomic, create-only: a file
+    of that name already holds these bytes)."""
+    path = code_diff_path(result_path, hashlib.sha256(diff).hexdigest())
+    if not path.exists():
+        write_file_atomic(path, lambda tmp: tmp.write_bytes(diff), exclusive=True)
+    return path
 
 
 @dataclass
@@ -56,6 +135,7 @@ class Job:
     progress: bool = False
     checkpoint_path: str | None = None
     in_worker: bool = False        # set by pooled backends: per-epoch lines instead of a bar
+    code_diff: bytes | None = None  # a dirty tree's changes on top of `git_sha` (see `code_state`)
     key: RunKey = field(init=False)
 
     def __post_init__(self):
@@ -105,6 +185,8 @@ def execute_job(job: Job) -> dict:
     # anything else a paper's run returns (e.g. diverged, an augmenter's fit history, Figure 2 data)
     result.update({k: v for k, v in outcome.items() if k not in ("metrics", "history", "train_s", "device")
                    and k not in result})
+    if job.code_diff:   # the diff is stored before the result that names it (a clean tree stores nothing)
+        result["code_diff_sha256"] = write_code_diff(job.result_path, job.code_diff).stem
     written = write_json_atomic(Path(job.result_path), result, exclusive=True)
     if job.checkpoint_path:
         Path(job.checkpoint_path).unlink(missing_ok=True)

@@ -7,6 +7,7 @@ import torch
 
 from common.config import load_params
 from common.errors import ResultConflictError
+from common.meta.lookahead import reference_meta_gradient
 from common.train.batches import ArrayData, Batch
 from papers.hu19.tables import execute, resolve_requirements
 from papers.hu19.weighting import WeightingConfig, WeightingMethod
@@ -57,10 +58,19 @@ def test_ours_weight_batch_weights_are_a_distribution_and_persist():
     assert step.last_weights.sum().item() == pytest.approx(1.0) and (step.last_weights > 0).all()
     assert not torch.allclose(step.phi.values[:4], torch.ones(4))      # updated ...
     torch.testing.assert_close(step.phi.values[4:], torch.ones(4))    # ... only for the batch
-    ren = WeightingMethod("ren", model, opt, train, dev, 3, WeightingConfig())
-    ren(batch)
-    w = ren.last_weights
-    assert (w >= 0).all() and (w.sum().item() == pytest.approx(1.0) or w.sum().item() == 0.0)
+    # ren (L2RW) from the state ours_weight left (momentum buffers set): w = normalise(max(-dL_dev/dw, 0))
+    # at w = 0, dL_dev/dw by brute force (one copied model+optimizer step per example, autograd through
+    # theta + sum_i w_i Delta_i). Its dev set is the last 4 train examples, so several examples help and
+    # some hurt: the clamp and the ratios between kept weights are both exercised.
+    ren_batch, ren_dev = Batch(train.x, train.y, torch.arange(8)), ArrayData(train.x[4:], train.y[4:])
+    ref_grad = reference_meta_gradient(model, opt, ren_batch.x, ren_batch.y, ren_dev.x, ren_dev.y, torch.zeros(8))
+    assert (ref_grad < 0).sum() >= 3 and (ref_grad > 0).any(), ref_grad
+    kept = (-ref_grad).clamp(min=0)
+    expected = kept / kept.sum()
+    ren = WeightingMethod("ren", model, opt, train, ren_dev, 3, WeightingConfig())
+    ren(ren_batch)
+    torch.testing.assert_close(ren.last_weights, expected, rtol=1e-4, atol=1e-6)
+    assert (ren.last_weights[ref_grad > 0] == 0).all()         # examples that would raise the dev loss get 0
 
 
 def test_grid_runs_skips_and_refuses_to_overwrite(params, tmp_path):
