@@ -2,7 +2,9 @@
 
 Each paper group has `profiles.<profile>.<table>` blocks that spell out every setting of a
 table for that profile (no inheritance beyond a table's `settings` overrides), so one run's
-configuration is readable in one place.
+configuration is readable in one place. Blocks are validated as typed models
+(`common.config_models`: `base` here, each paper's tables in its `tables` module), and
+`config_hash` is the cache key of a run config (see HASH_OMITTED_DEFAULTS).
 """
 from __future__ import annotations
 
@@ -15,31 +17,29 @@ from typing import Any
 
 import yaml
 
+from common.config_models import (  # noqa: F401  (PROFILES, RUNNER_BACKENDS, number_as_text_hint: re-exported)
+    PROFILES,
+    RUNNER_BACKENDS,
+    RUNNER_DEFAULTS,
+    Base,
+    check_types,
+    number_as_text_hint,
+    parse,
+)
 from common.errors import ConfigError
 
-PROFILES = ("smoke", "cpu", "paper")
 DEFAULT_PARAMS = Path("params.yaml")
+SHARED_GROUPS = ("base", "mlm")      # top-level params groups that are not papers
 
-BASE_SCHEMA: dict[str, type | tuple[type, ...]] = {
-    "profile": str,
-    "data_mirror": (str, type(None)),
-    "tracking_uri": str,
-    "results_dir": str,
-    "splits_dir": str,
-    "runner": dict,
+# Run-config keys whose default is left out of the config hash (`without_omitted_defaults`): an
+# option added to the run config after results were committed goes here with its default, so runs
+# that keep the default keep their hash. Keys are top-level run-config keys or dotted paths into sub-blocks ("a.b"); a
+# key that older results already record with this value must never be added (their hashes would
+# change: tests/common/test_config_models.py checks every committed result).
+HASH_OMITTED_DEFAULTS: dict[str, Any] = {
+    "pooling": "cls",          # text classifier pooling (common.text.classifier), added with `pooling: mean`
+    "test_sample": None,       # class-stratified test subset (common.data.subsample.SplitSpec)
 }
-RUNNER_SCHEMA: dict[str, type | tuple[type, ...]] = {
-    "backend": str,
-    "workers": int,
-    "threads_per_worker": int,
-}
-# Optional runner keys (type, default); read by the ray backend, accepted (and ignored) by local.
-RUNNER_OPTIONAL: dict[str, tuple[type | tuple[type, ...], Any]] = {
-    "ray_address": (str, "auto"),      # "auto" | "local" (start one) | "host:port" | "ray://host:port"
-    "num_cpus": ((int, float), 1),     # Ray resources reserved by each run
-    "num_gpus": ((int, float), 0),
-}
-RUNNER_BACKENDS = ("local", "ray")
 
 
 def load_params(path: str | os.PathLike = DEFAULT_PARAMS) -> dict[str, Any]:
@@ -57,71 +57,20 @@ def load_params(path: str | os.PathLike = DEFAULT_PARAMS) -> dict[str, Any]:
 
 
 def check_block(block: dict, types: dict, where: str, required=None) -> None:
-    """Validate one config mapping: no keys beyond `types` ({key: type or tuple of types}), every
-    `required` key present (None: all of them), every present value of its type. A float accepts an
-    int; a bool never counts as an int or a float. Errors name the key path and what was expected."""
-    if not isinstance(block, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(block).__name__}")
-    unknown = sorted(set(block) - set(types))
-    if unknown:  # checked first: a misspelt key is the likelier cause of a "missing" one
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(types)}")
-    for key in types if required is None else required:
-        if key not in block:
-            raise ConfigError(f"{where}.{key}: missing (expected {_type_names(types[key])})")
-    for key, expected in types.items():
-        if key in block:
-            _check_value(block[key], expected, f"{where}.{key}")
+    """Validate one config mapping against a {key: type or tuple of types} dict (no range checks):
+    unknown keys, then missing `required` keys (None: all of them), then types. Typed blocks use
+    `common.config_models.parse` instead."""
+    check_types(block, types, where, required)
 
 
-def _check_value(value, expected, where: str) -> None:
-    kinds = expected if isinstance(expected, tuple) else (expected,)
-    accepted = tuple(t for k in kinds for t in ((int, float) if k is float else (k,)))
-    if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in kinds):
-        raise ConfigError(f"{where}: expected {_type_names(expected)}, got {type(value).__name__} {value!r}"
-                          f"{number_as_text_hint(value)}")
-
-
-def number_as_text_hint(value) -> str:
-    """For a string that is a number YAML left as text (`1e-3`, `"2"`): how to write it instead."""
-    if not isinstance(value, str) or not any(ch.isdigit() for ch in value):
-        return ""
-    try:
-        float(value)
-    except ValueError:
-        return ""
-    if "e" in value.lower():
-        return (f" (YAML reads {value} as text: write 0.001-style decimals, or exponents with a dot and a "
-                "signed exponent such as 1.0e-3)")
-    return f" (a quoted number is text in YAML: write {value} without quotes)"
-
-
-def _type_names(expected) -> str:
-    types = expected if isinstance(expected, tuple) else (expected,)
-    return " or ".join("null" if t is type(None) else t.__name__ for t in types)
-
-
-def validate_base(base: dict, where: str = "params.yaml") -> None:
-    check_block(base, BASE_SCHEMA, f"{where}: base")
-    check_profile(base["profile"], f"{where}: base.profile")
-    check_block(base["runner"], {**RUNNER_SCHEMA, **{k: t for k, (t, _default) in RUNNER_OPTIONAL.items()}},
-                f"{where}: base.runner", required=tuple(RUNNER_SCHEMA))
-    runner = runner_options(base["runner"])
-    if runner["backend"] not in RUNNER_BACKENDS:
-        raise ConfigError(f"{where}: base.runner.backend: unknown backend {runner['backend']!r}; "
-                          f"expected one of {list(RUNNER_BACKENDS)}")
-    if runner["workers"] < 1:
-        raise ConfigError(f"{where}: base.runner.workers: expected >= 1, got {runner['workers']}")
-    for key in ("num_cpus", "num_gpus"):
-        if runner[key] < 0:
-            raise ConfigError(f"{where}: base.runner.{key}: expected a number >= 0, got {runner[key]}")
-    if not runner["ray_address"].strip():
-        raise ConfigError(f"{where}: base.runner.ray_address: expected 'auto', 'local', 'host:port' or "
-                          "'ray://host:port', got an empty string")
+def validate_base(base: dict, where: str = "params.yaml") -> Base:
+    """The `base` group as a typed `Base` (ConfigError naming the key otherwise)."""
+    return parse(Base, base, f"{where}: base")
 
 
 def runner_options(runner: dict) -> dict[str, Any]:
     """`base.runner` with the defaults of the optional keys filled in."""
-    return {**{key: default for key, (_type, default) in RUNNER_OPTIONAL.items()}, **runner}
+    return {**RUNNER_DEFAULTS, **runner}
 
 
 def check_profile(profile: str, where: str = "profile") -> str:
@@ -133,8 +82,8 @@ def check_profile(profile: str, where: str = "profile") -> str:
 def paper_profile(params: dict, paper: str, profile: str) -> dict[str, Any]:
     """The `<paper>.profiles.<profile>` block: one mapping per table."""
     check_profile(profile)
-    if paper not in params:
-        known = sorted(k for k in params if k != "base")
+    if paper not in params or paper in SHARED_GROUPS:
+        known = sorted(k for k in params if k not in SHARED_GROUPS)
         raise ConfigError(f"params.yaml: unknown paper {paper!r}; known papers: {known}")
     profiles = params[paper].get("profiles", {})
     if profile not in profiles:
@@ -150,9 +99,33 @@ def table_config(params: dict, paper: str, profile: str, table: str) -> dict[str
     return copy.deepcopy(tables[table])
 
 
+def _is_default(value, default) -> bool:
+    return value is None if default is None else (type(value) is type(default) and value == default)
+
+
+def without_omitted_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` without the HASH_OMITTED_DEFAULTS keys that hold their default (a new dict; `config`
+    and its sub-blocks are never modified). Run configs are built through this, so a stored config is
+    exactly what its hash covers."""
+    out = dict(config)
+    for path, default in HASH_OMITTED_DEFAULTS.items():
+        *parents, key = path.split(".")
+        block = out
+        for part in parents:
+            if not isinstance(block.get(part), dict):
+                break
+            block[part] = dict(block[part])
+            block = block[part]
+        else:
+            if key in block and _is_default(block[key], default):
+                del block[key]
+    return out
+
+
 def config_hash(config: dict[str, Any]) -> str:
-    """Stable short hash of a run configuration (canonical JSON, sorted keys)."""
-    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    """Stable short hash of a run configuration (canonical JSON, sorted keys), with the options of
+    HASH_OMITTED_DEFAULTS left out while they hold their default."""
+    blob = json.dumps(without_omitted_defaults(config), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

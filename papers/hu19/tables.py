@@ -12,12 +12,35 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from pydantic import Field, model_validator
 
-from common.config import check_block, config_hash
+from common.config import config_hash, without_omitted_defaults
+from common.config_models import (
+    Block,
+    Bool,
+    Float,
+    List,
+    Mapping,
+    MetaStep,
+    NonNegFloat,
+    NonNegInt,
+    OptionalPosInt,
+    PosFloat,
+    PosInt,
+    Str,
+    TableBlock,
+    Value,
+    fail,
+    less_than,
+    parse,
+    require,
+    table_context,
+)
 from common.data import load_dataset
-from common.data.subsample import SplitSpec, load_or_make_split, split_data_seed
+from common.data.subsample import PROTOCOLS, SplitSpec, load_or_make_split, split_data_seed
 from common.errors import ConfigError
 from common.models import build_image_model
+from common.models.resnet import TORCHVISION_RESNETS
 from common.train.batches import ArrayData
 from common.train.checkpoint import RunCheckpoint
 from common.train.device import resolve_device
@@ -25,6 +48,8 @@ from common.train.loop import fit_fixed_steps, fit_with_dev_selection
 from common.train.steps import weighted_step
 from papers.hu19.report_sections import report_sections  # noqa: F401  (the contract's report hook)
 from papers.hu19.text_tables import (
+    NORMS,
+    PERSISTENT_WEIGHTING_KEYS,
     execute_text,
     prepare_text_split,
     text_run_config,
@@ -74,82 +99,135 @@ TABLES = {
                        "Imbalanced SST-2 (label 0 minority vs label 1 x1000), data weighting"),
 }
 TEXT_TABLES = ("table1", "table3")
+IMAGE_DATASETS = ("cifar10",)          # the image runs normalise with CIFAR-10's statistics
 
 
 
-def validate_table_config(table: str, cfg: dict, where: str) -> None:
+class ImageWeighting(Block):
+    """`weighting` of an image table (w_init, w_decay, norm, softmax_temp: needed by ours_weight*)."""
+
+    pretrain_epochs: NonNegInt = 0
+    w_init: PosFloat = None
+    w_decay: PosFloat = None
+    norm: Str(choices=NORMS) = None
+    softmax_temp: PosFloat = None
+
+
+class ImageSetting(Block):
+    """One entry of an image table's `settings`: overrides of the table's values."""
+
+    pretrained: Bool() = False
+    minority: PosInt = None            # table4: train examples of the minority class
+    w_decay: PosFloat = None           # overrides weighting.w_decay
+
+
+class ImbalancedImageSetting(ImageSetting):
+    minority: PosInt
+
+
+class ImageTable(TableBlock):
+    """An image table of hu19.profiles.<profile> (table2)."""
+
+    seeds: PosInt
+    dataset: Str(choices=IMAGE_DATASETS)
+    protocol: Str(choices=PROTOCOLS)
+    data_seed: NonNegInt
+    arch: Str(choices=TORCHVISION_RESNETS)
+    batch_size: PosInt
+    epochs: PosInt
+    min_epochs: NonNegInt = 0
+    lr: PosFloat
+    momentum: Float(ge=0, lt=1)
+    weight_decay: NonNegFloat
+    train_per_class: PosInt
+    dev_per_class: PosInt
+    dev_pool_size: PosInt
+    test_limit: OptionalPosInt = None
+    methods: List(Value((str,)), unique=True)
+    weighting: ImageWeighting = ImageWeighting()
+    settings: dict[str, ImageSetting]
+    not_run: Mapping(Value((str,))) = Field(default_factory=dict)
+    meta_step: MetaStep = MetaStep()
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        less_than("min_epochs", self.min_epochs, "epochs", self.epochs)
+        if self.dev_pool_size < self.dev_per_class:
+            fail("dev_pool_size", f"expected >= dev_per_class ({self.dev_per_class}), got {self.dev_pool_size}")
+        weighted = sorted(set(PERSISTENT_WEIGHT_METHODS) & set(self.methods))
+        if weighted:
+            require(self.weighting, PERSISTENT_WEIGHTING_KEYS, "weighting", weighted)
+        return self
+
+
+class ImbalancedImageTable(ImageTable):
+    """table4: `classes` [minority, majority] and a `minority` count per setting."""
+
+    classes: List(Value((int,), ge=0), min_len=2, unique=True)
+    settings: dict[str, ImbalancedImageSetting]
+
+    @model_validator(mode="after")
+    def _two_classes(self):
+        if len(self.classes) != 2:
+            fail("classes", f"expected [minority class, majority class], got {self.classes}")
+        return self
+
+
+IMAGE_TABLE_MODELS = {"table2": ImageTable, "table4": ImbalancedImageTable}
+
+
+def table_model(table: str, cfg: dict, where: str):
+    """The typed params block of a table (ConfigError naming `where.<key>` if it is not valid)."""
     if table not in TABLES:
         raise ConfigError(f"{where}: unknown hu19 table {table!r}; known: {sorted(TABLES)}")
     if table in TEXT_TABLES:
         return validate_text_table_config(table, cfg, where, TABLES)
-    required = REQUIRED_TABLE_KEYS + (("classes",) if table == "table4" else ())
-    check_block(cfg, TABLE_TYPES, where, required)
-    bad = [m for m in cfg["methods"] if m not in TABLES[table].methods]
-    if bad:
-        raise ConfigError(f"{where}.methods: unknown method(s) {bad} for {table}; "
-                          f"expected a subset of {list(TABLES[table].methods)}")
-    check_block(cfg.get("weighting", {}), WEIGHTING_TYPES, f"{where}.weighting",
-                ("w_init", "w_decay", "norm", "softmax_temp")
-                if set(PERSISTENT_WEIGHT_METHODS) & set(cfg["methods"]) else ())
-    for name, override in cfg["settings"].items():
-        if name not in TABLES[table].settings:
-            raise ConfigError(f"{where}.settings: unknown setting {name!r} for {table}; "
-                              f"expected one of {list(TABLES[table].settings)}")
-        check_block(override, SETTING_TYPES, f"{where}.settings.{name}", ("minority",) if table == "table4" else ())
+    return parse(IMAGE_TABLE_MODELS[table], cfg, where, table_context(table, TABLES[table]))
 
 
-# Types of the values run_config reads (float accepts int; bool is never an int/float), and the keys
-# it needs: a wrong or missing value is reported here, not as a TypeError/KeyError inside a run.
-TABLE_TYPES = {"seeds": int, "dataset": str, "protocol": str, "data_seed": int, "arch": str, "batch_size": int,
-               "epochs": int, "min_epochs": int, "lr": float, "momentum": float, "weight_decay": float,
-               "train_per_class": int, "dev_per_class": int, "dev_pool_size": int, "test_limit": (int, type(None)),
-               "classes": list, "methods": list, "weighting": dict, "settings": dict, "not_run": dict,
-               "meta_step": dict}
-REQUIRED_TABLE_KEYS = ("seeds", "dataset", "protocol", "data_seed", "arch", "batch_size", "epochs", "lr",
-                       "momentum", "weight_decay", "train_per_class", "dev_per_class", "dev_pool_size",
-                       "methods", "settings")
-WEIGHTING_TYPES = {"pretrain_epochs": int, "w_init": float, "w_decay": float, "norm": str, "softmax_temp": float}
-SETTING_TYPES = {"pretrained": bool, "minority": int, "w_decay": float}
+def validate_table_config(table: str, cfg: dict, where: str) -> None:
+    table_model(table, cfg, where)
 
 
 def run_configs(table: str, cfg: dict, profile: str) -> list[dict[str, Any]]:
     """Fully resolved config of every (setting, method, seed) run of a table."""
+    model = table_model(table, cfg, f"{PAPER}.profiles.{profile}.{table}")
     runs = []
-    for setting, override in cfg["settings"].items():
-        for method in cfg["methods"]:
-            for seed in range(cfg["seeds"]):
-                runs.append(text_run_config(table, setting, method, seed, cfg, profile) if table in TEXT_TABLES
-                            else run_config(table, setting, method, seed, cfg, override, profile))
-    return runs
+    for setting, override in model.settings.items():
+        for method in model.methods:
+            for seed in range(model.seeds):
+                runs.append(text_run_config(table, setting, method, seed, model, profile) if table in TEXT_TABLES
+                            else run_config(table, setting, method, seed, model, override, profile))
+    return [without_omitted_defaults(c) for c in runs]
 
 
-def run_config(table, setting, method, seed, cfg, override, profile) -> dict[str, Any]:
-    weighting = dict(cfg.get("weighting", {}))
-    if "w_decay" in override:
-        weighting["w_decay"] = override["w_decay"]
+def run_config(table: str, setting: str, method: str, seed: int, cfg: ImageTable, override: ImageSetting,
+               profile: str) -> dict[str, Any]:
+    weighting = cfg.weighting.given()
+    if "w_decay" in override.model_fields_set:
+        weighting["w_decay"] = override.w_decay
     if table == "table2":
-        classes, counts = list(range(10)), [cfg["train_per_class"]] * 10
+        classes, counts = list(range(10)), [cfg.train_per_class] * 10
     else:
-        classes = list(cfg["classes"])
-        counts = [override["minority"], cfg["train_per_class"]]
+        classes = list(cfg.classes)
+        counts = [override.minority, cfg.train_per_class]
     config = {
         "paper": PAPER, "table": table, "setting": setting, "method": method, "seed": seed, "profile": profile,
-        "dataset": cfg["dataset"], "protocol": cfg["protocol"],
-        "data_seed": split_data_seed(cfg["protocol"], cfg["data_seed"], seed),
-        "classes": classes, "train_counts": counts, "dev_per_class": cfg["dev_per_class"],
-        "dev_pool_size": cfg["dev_pool_size"], "test_limit": cfg.get("test_limit"),
-        "arch": cfg["arch"], "pretrained": bool(override.get("pretrained", False)),
-        "batch_size": cfg["batch_size"], "epochs": cfg["epochs"], "min_epochs": cfg.get("min_epochs", 0),
-        "optimizer": {"name": "sgd", "lr": cfg["lr"], "momentum": cfg["momentum"],
-                      "weight_decay": cfg["weight_decay"]},
+        "dataset": cfg.dataset, "protocol": cfg.protocol,
+        "data_seed": split_data_seed(cfg.protocol, cfg.data_seed, seed),
+        "classes": classes, "train_counts": counts, "dev_per_class": cfg.dev_per_class,
+        "dev_pool_size": cfg.dev_pool_size, "test_limit": cfg.test_limit,
+        "arch": cfg.arch, "pretrained": bool(override.pretrained),
+        "batch_size": cfg.batch_size, "epochs": cfg.epochs, "min_epochs": cfg.min_epochs,
+        "optimizer": {"name": "sgd", "lr": cfg.lr, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay},
     }
     if method in LOOKAHEAD_METHODS:
-        config["pretrain_epochs"] = weighting.get("pretrain_epochs", 0)
-        config["meta_step"] = {**official_image_meta_step(cfg["batch_size"]), **cfg.get("meta_step", {})}
+        config["pretrain_epochs"] = cfg.weighting.pretrain_epochs
+        config["meta_step"] = {**official_image_meta_step(cfg.batch_size), **cfg.meta_step.given()}
     if method in PERSISTENT_WEIGHT_METHODS:
-        config["weighting"] = {k: weighting[k] for k in ("w_init", "w_decay", "norm", "softmax_temp")}
+        config["weighting"] = {k: weighting[k] for k in PERSISTENT_WEIGHTING_KEYS}
     if method == "base_val":
-        config["requires"] = {"method": "base", "seeds": cfg["seeds"]}
+        config["requires"] = {"method": "base", "seeds": cfg.seeds}
     return config
 
 

@@ -21,20 +21,42 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from pydantic import Field, model_validator
 
-from common.config import check_block, config_hash
-from common.data import load_dataset
+from common.config import config_hash
+from common.config_models import (
+    Block,
+    Float,
+    Int,
+    List,
+    Mapping,
+    MetaStep,
+    NonNegFloat,
+    NonNegInt,
+    OptionalPosInt,
+    PosFloat,
+    PosInt,
+    Str,
+    TableBlock,
+    Value,
+    fail,
+    less_than,
+    parse,
+    require,
+    table_context,
+)
+from common.data import DATASETS, load_dataset
 from common.data.subsample import (
     DEV_SOURCES,
+    PROTOCOLS,
     SplitSpec,
     load_or_make_split,
     split_data_seed,
 )
-from common.errors import ConfigError
 from common.io import sha256_file
 from common.meta.lookahead import PassModes
-from common.text.backbones import encode_texts, load_tokenizer
-from common.text.classifier import build_text_classifier, check_pooling
+from common.text.backbones import BACKBONES, encode_texts, load_tokenizer
+from common.text.classifier import POOLINGS, build_text_classifier
 from common.train.batches import ArrayData, Batch, trim_padding
 from common.train.checkpoint import RunCheckpoint
 from common.train.device import resolve_device
@@ -57,100 +79,187 @@ AUGMENTATION_METHODS = ("synonym", "fixed_aug", "ours_aug")
 OFFICIAL_TEXT_META_STEP = {"per_example": "train", "dev": "train", "chunk": 8, "uniform_before_adam_state": True}
 OFFICIAL_AUG_META_STEP = {"per_example": "train", "dev": "train"}
 
-TEXT_TABLE_TYPES = {"seeds": int, "protocol": str, "data_seed": int, "backbone": str, "mlm_dir": (str, type(None)),
-                    "max_seq_len": int, "batch_size": int, "epochs": int, "min_epochs": int, "lr": float,
-                    "weight_decay": float, "test_limit": (int, type(None)), "classes": list, "methods": list,
-                    "weighting": dict, "augmentation": dict, "synonym": dict, "settings": dict, "not_run": dict,
-                    "pooling": str, "meta_step": dict}
-REQUIRED_TEXT_KEYS = ("seeds", "protocol", "data_seed", "backbone", "max_seq_len", "batch_size", "epochs", "lr",
-                      "weight_decay", "methods", "settings")
-TEXT_WEIGHTING_TYPES = {"pretrain_epochs": int, "min_epochs": int, "w_init": float, "w_decay": float, "norm": str,
-                        "softmax_temp": float}
-AUGMENTATION_TYPES = {"pretrain_epochs": int, "epochs": int, "generator_lr": float, "cbert_epochs": int,
-                      "cbert_batch_size": int, "n_aug_meta": int, "tau": float}
-SYNONYM_TYPES = {"p_replace": float, "max_replacements": int, "n_variants": int}
-TEXT_SETTING_TYPES = {"dataset": str, "train_per_class": int, "minority": int, "dev_per_class": int,
-                      "dev_source": str, "dev_pool_size": int, "class_order": list, "w_decay": float,
-                      "test_sample": int}
+NORMS = ("softmax", "linear")          # ours_weight normalisation (common.meta.data_weights.normalize)
+PERSISTENT_WEIGHTING_KEYS = ("w_init", "w_decay", "norm", "softmax_temp")
+TEXT_DATASETS = tuple(name for name in DATASETS if name != "cifar10")
+# The augmentation keys each method reads (the run config keeps them).
+AUGMENTATION_KEYS = {"synonym": ("pretrain_epochs", "epochs"),
+                     "fixed_aug": ("pretrain_epochs", "epochs", "generator_lr", "cbert_epochs", "cbert_batch_size",
+                                   "tau"),
+                     "ours_aug": ("pretrain_epochs", "epochs", "generator_lr", "cbert_epochs", "cbert_batch_size",
+                                  "tau", "n_aug_meta")}
 
 
-def validate_text_table_config(table: str, cfg: dict, where: str, tables: dict) -> None:
-    check_block(cfg, TEXT_TABLE_TYPES, where, REQUIRED_TEXT_KEYS)
-    bad = [m for m in cfg["methods"] if m not in tables[table].methods]
-    if bad:
-        raise ConfigError(f"{where}.methods: unknown method(s) {bad} for {table}; "
-                          f"expected a subset of {list(tables[table].methods)}")
-    methods = set(cfg["methods"])
-    for block, types, needed in (("weighting", TEXT_WEIGHTING_TYPES, {"ren", *PERSISTENT_WEIGHT_METHODS}),
-                                 ("augmentation", AUGMENTATION_TYPES, set(AUGMENTATION_METHODS)),
-                                 ("synonym", SYNONYM_TYPES, {"synonym"})):
-        value = cfg.get(block, {})
-        required = tuple(types) if methods & needed and block != "weighting" else ()
-        if block == "weighting" and methods & set(PERSISTENT_WEIGHT_METHODS):
-            required = ("w_init", "w_decay", "norm", "softmax_temp")
-        check_block(value, types, f"{where}.{block}", required)
-    for name, setting in cfg["settings"].items():
-        if name not in tables[table].settings:
-            raise ConfigError(f"{where}.settings: unknown setting {name!r} for {table}; "
-                              f"expected one of {list(tables[table].settings)}")
-        required = ("dataset", "dev_per_class", "dev_source", "train_per_class") + (
-            ("minority",) if table == "table3" else ())
-        check_block(setting, TEXT_SETTING_TYPES, f"{where}.settings.{name}", required)
-        if setting["dev_source"] not in DEV_SOURCES:
-            raise ConfigError(f"{where}.settings.{name}.dev_source: {setting['dev_source']!r}; "
-                              f"expected one of {list(DEV_SOURCES)}")
-    check_pooling(cfg.get("pooling", "cls"), f"{where}.pooling")
-    if methods & {"fixed_aug", "ours_aug"} and cfg["backbone"] == "all-MiniLM-L6-v2" and not cfg.get("mlm_dir"):
-        raise ConfigError(f"{where}.mlm_dir: all-MiniLM-L6-v2 has no MLM head; set mlm_dir to the output of "
-                          "`repro mlm` (dvc stage mlm)")
+class TextWeighting(Block):
+    """`weighting` of a text table (w_init, w_decay, norm, softmax_temp: needed by ours_weight*)."""
+
+    pretrain_epochs: NonNegInt = 0
+    min_epochs: NonNegInt = None       # of ren/ours_weight* (default: the table's min_epochs)
+    w_init: PosFloat = None
+    w_decay: PosFloat = None
+    norm: Str(choices=NORMS) = None
+    softmax_temp: PosFloat = None
 
 
-def text_run_config(table, setting, method, seed, cfg, profile) -> dict[str, Any]:
-    s = cfg["settings"][setting]
+class Augmentation(Block):
+    """`augmentation`: schedule of the augmentation methods, CBERT fit and ours_aug's meta step."""
+
+    pretrain_epochs: NonNegInt = None
+    epochs: PosInt = None
+    generator_lr: PosFloat = None
+    cbert_epochs: NonNegInt = None     # 0: the MLM as loaded
+    cbert_batch_size: PosInt = None
+    n_aug_meta: PosInt = None
+    tau: PosFloat = None
+
+
+class Synonym(Block):
+    """`synonym`: the WordNet synonym-replacement baseline."""
+
+    p_replace: Float(ge=0, le=1) = None
+    max_replacements: NonNegInt = None
+    n_variants: PosInt = None
+
+
+class TextSetting(Block):
+    """One entry of a text table's `settings`: the data of that setting."""
+
+    dataset: Str(choices=TEXT_DATASETS)
+    train_per_class: PosInt
+    minority: PosInt = None            # table3: train examples of the minority label
+    dev_per_class: PosInt
+    dev_source: Str(choices=DEV_SOURCES)
+    dev_pool_size: NonNegInt = 0
+    class_order: List(Value((int,), ge=0), min_len=1, unique=True) = None
+    w_decay: PosFloat = None           # overrides weighting.w_decay
+    test_sample: OptionalPosInt = None
+
+    @model_validator(mode="after")
+    def _dev_pool(self):
+        if self.dev_source != "dev_split" and self.dev_pool_size < self.dev_per_class:
+            fail("dev_pool_size", f"expected >= dev_per_class ({self.dev_per_class}) with dev_source "
+                                  f"{self.dev_source!r}, got {self.dev_pool_size}")
+        return self
+
+
+class ImbalancedTextSetting(TextSetting):
+    minority: PosInt
+
+
+class TextTable(TableBlock):
+    """A text table of hu19.profiles.<profile> (table1)."""
+
+    seeds: PosInt
+    protocol: Str(choices=PROTOCOLS)
+    data_seed: NonNegInt
+    backbone: Str(choices=BACKBONES, noun="backbone")
+    mlm_dir: Str(nullable=True) = None
+    max_seq_len: Int(ge=8)
+    batch_size: PosInt
+    epochs: PosInt
+    min_epochs: NonNegInt = 0
+    lr: PosFloat
+    weight_decay: NonNegFloat
+    test_limit: OptionalPosInt = None
+    methods: List(Value((str,)), unique=True)
+    weighting: TextWeighting = TextWeighting()
+    augmentation: Augmentation = Augmentation()
+    synonym: Synonym = Synonym()
+    settings: dict[str, TextSetting]
+    not_run: Mapping(Value((str,))) = Field(default_factory=dict)
+    pooling: Str(choices=POOLINGS) = "cls"
+    meta_step: MetaStep = MetaStep()
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        methods = set(self.methods)
+        less_than("min_epochs", self.min_epochs, "epochs", self.epochs)
+        weighted = sorted(set(PERSISTENT_WEIGHT_METHODS) & methods)
+        if weighted:
+            require(self.weighting, PERSISTENT_WEIGHTING_KEYS, "weighting", weighted)
+        if methods & {"ren", *PERSISTENT_WEIGHT_METHODS}:
+            less_than("weighting.min_epochs", self.weighting.min_epochs, "epochs", self.epochs)
+        for key in Augmentation.model_fields:
+            users = [m for m, keys in AUGMENTATION_KEYS.items() if m in methods and key in keys]
+            if users:
+                require(self.augmentation, [key], "augmentation", users)
+        if methods & set(AUGMENTATION_METHODS):
+            less_than("min_epochs", self.min_epochs, "augmentation.epochs", self.augmentation.epochs)
+        if "synonym" in methods:
+            require(self.synonym, Synonym.model_fields, "synonym", ["synonym"])
+        if methods & {"fixed_aug", "ours_aug"} and self.backbone == "all-MiniLM-L6-v2" and not self.mlm_dir:
+            fail("mlm_dir", "all-MiniLM-L6-v2 has no MLM head; set mlm_dir to the output of `repro mlm` "
+                            "(dvc stage mlm)")
+        return self
+
+
+class ImbalancedTextTable(TextTable):
+    """table3: `classes` [minority, majority] and a `minority` count per setting."""
+
+    classes: List(Value((int,), ge=0), min_len=2, unique=True)
+    settings: dict[str, ImbalancedTextSetting]
+
+    @model_validator(mode="after")
+    def _two_classes(self):
+        if len(self.classes) != 2:
+            fail("classes", f"expected [minority label, majority label], got {self.classes}")
+        return self
+
+
+TEXT_TABLE_MODELS = {"table1": TextTable, "table3": ImbalancedTextTable}
+
+
+def validate_text_table_config(table: str, cfg: dict, where: str, tables: dict) -> TextTable:
+    """The typed params block of a text table (ConfigError naming `where.<key>` if it is not valid)."""
+    return parse(TEXT_TABLE_MODELS[table], cfg, where, table_context(table, tables[table]))
+
+
+def text_run_config(table: str, setting: str, method: str, seed: int, cfg: TextTable,
+                    profile: str) -> dict[str, Any]:
+    s = cfg.settings[setting]
     config = {
         "paper": PAPER, "table": table, "setting": setting, "method": method, "seed": seed, "profile": profile,
-        "modality": "text", "dataset": s["dataset"], "protocol": cfg["protocol"],
-        "data_seed": split_data_seed(cfg["protocol"], cfg["data_seed"], seed),
-        "dev_per_class": s["dev_per_class"], "dev_source": s["dev_source"],
-        "dev_pool_size": s.get("dev_pool_size", 0), "class_order": s.get("class_order"),
-        "test_limit": cfg.get("test_limit"), "backbone": cfg["backbone"], "max_seq_len": cfg["max_seq_len"],
-        "batch_size": cfg["batch_size"], "epochs": cfg["epochs"], "min_epochs": cfg.get("min_epochs", 0),
-        "optimizer": {"name": "adam", "lr": cfg["lr"], "weight_decay": cfg["weight_decay"]},
+        "modality": "text", "dataset": s.dataset, "protocol": cfg.protocol,
+        "data_seed": split_data_seed(cfg.protocol, cfg.data_seed, seed),
+        "dev_per_class": s.dev_per_class, "dev_source": s.dev_source,
+        "dev_pool_size": s.dev_pool_size, "class_order": s.class_order,
+        "test_limit": cfg.test_limit, "backbone": cfg.backbone, "max_seq_len": cfg.max_seq_len,
+        "batch_size": cfg.batch_size, "epochs": cfg.epochs, "min_epochs": cfg.min_epochs,
+        "optimizer": {"name": "adam", "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+        # options with a default in common.config.HASH_OMITTED_DEFAULTS: dropped there while default
+        "pooling": cfg.pooling, "test_sample": s.test_sample,
     }
-    if cfg.get("pooling", "cls") != "cls":  # only when not the default, so other runs keep their config hash
-        config["pooling"] = cfg["pooling"]
-    if s.get("test_sample") is not None:  # only when set, so other runs keep their config hash
-        config["test_sample"] = s["test_sample"]
     if table == "table3":
-        config["classes"] = list(cfg["classes"])
-        config["train_counts"] = [s["minority"], s["train_per_class"]]
+        config["classes"] = list(cfg.classes)
+        config["train_counts"] = [s.minority, s.train_per_class]
     else:
         config["classes"] = None           # every class of the dataset (resolved at run time)
-        config["train_counts_per_class"] = s["train_per_class"]
+        config["train_counts_per_class"] = s.train_per_class
     if method in ("ren", *PERSISTENT_WEIGHT_METHODS):
-        weighting = dict(cfg.get("weighting", {}))
-        config["pretrain_epochs"] = weighting.get("pretrain_epochs", 0)
+        weighting = cfg.weighting.given()
+        config["pretrain_epochs"] = cfg.weighting.pretrain_epochs
         config["min_epochs"] = weighting.get("min_epochs", config["min_epochs"])
-        config["meta_step"] = {**OFFICIAL_TEXT_META_STEP, **cfg.get("meta_step", {})}
+        config["meta_step"] = {**OFFICIAL_TEXT_META_STEP, **cfg.meta_step.given()}
         if method in PERSISTENT_WEIGHT_METHODS:
-            config["weighting"] = {k: weighting[k] for k in ("w_init", "w_decay", "norm", "softmax_temp")}
-            if "w_decay" in s:
-                config["weighting"]["w_decay"] = s["w_decay"]
+            config["weighting"] = {k: weighting[k] for k in PERSISTENT_WEIGHTING_KEYS}
+            if "w_decay" in s.model_fields_set:
+                config["weighting"]["w_decay"] = s.w_decay
     if method in AUGMENTATION_METHODS:
-        aug = cfg["augmentation"]
-        config["pretrain_epochs"] = aug["pretrain_epochs"]
-        config["epochs"] = aug["epochs"]
+        aug = cfg.augmentation
+        config["pretrain_epochs"] = aug.pretrain_epochs
+        config["epochs"] = aug.epochs
         if method == "synonym":
-            config["synonym"] = dict(cfg["synonym"])
+            config["synonym"] = cfg.synonym.given()
         else:
-            config["augmentation"] = {k: aug[k] for k in ("generator_lr", "cbert_epochs", "cbert_batch_size", "tau")}
-            config["mlm_dir"] = cfg.get("mlm_dir")
+            config["augmentation"] = {k: getattr(aug, k) for k in ("generator_lr", "cbert_epochs",
+                                                                   "cbert_batch_size", "tau")}
+            config["mlm_dir"] = cfg.mlm_dir
             if method == "ours_aug":
-                config["augmentation"]["n_aug_meta"] = aug["n_aug_meta"]
-                config["meta_step"] = {**OFFICIAL_AUG_META_STEP, **{k: v for k, v in cfg.get("meta_step", {}).items()
+                config["augmentation"]["n_aug_meta"] = aug.n_aug_meta
+                config["meta_step"] = {**OFFICIAL_AUG_META_STEP, **{k: v for k, v in cfg.meta_step.given().items()
                                                                     if k in ("per_example", "dev")}}
     if method == "base_val":
-        config["requires"] = {"method": "base", "seeds": cfg["seeds"]}
+        config["requires"] = {"method": "base", "seeds": cfg.seeds}
     return config
 
 
