@@ -35,7 +35,7 @@ SHARED_GROUPS = ("base", "mlm")      # top-level params groups that are not pape
 # option added to the run config after results were committed goes here with its default, so runs
 # that keep the default keep their hash. Keys are top-level run-config keys or dotted paths into sub-blocks ("a.b"); a
 # key that older results already record with this value must never be added (their hashes would
-# change: tests/common/test_config_models.py checks every committed result).
+# change: tests/integration/test_config_models.py checks every committed result).
 HASH_OMITTED_DEFAULTS: dict[str, Any] = {
     "pooling": "cls",          # text classifier pooling (common.text.classifier), added with `pooling: mean`
     "test_sample": None,       # class-stratified test subset (common.data.subsample.SplitSpec)

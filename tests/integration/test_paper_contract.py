@@ -59,3 +59,9 @@ def test_one_smoke_run_per_method_through_the_runner(paper, tmp_path, mirror):
         result = json.loads(next((tmp_path / "results" / "smoke" / paper / table / setting / method)
                                  .glob("seed0.json")).read_text())
         assert not math.isnan(result["metrics"]["test_acc"]) and result["history"], method
+
+
+def test_unknown_bench_suite_is_a_clear_error(capsys):
+    from pipelines.cli import main
+    assert main(["bench", "--paper", "hu19", "--suite", "speed", "--profile", "smoke"]) == 2
+    assert "--suite: hu19 has no benchmark suite 'speed'; expected one of ['text', 'weighting']" in capsys.readouterr().err

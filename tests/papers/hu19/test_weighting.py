@@ -5,7 +5,7 @@ import torch
 from common.meta.data_weights import normalize
 from common.train.batches import ArrayData, Batch
 from papers.hu19.weighting import WeightingConfig, WeightingMethod
-from tests.common.test_lookahead import lookahead_dev_loss, trained
+from tests.common.meta.test_lookahead import lookahead_dev_loss, trained
 
 
 @pytest.mark.parametrize("norm,temp", [("linear", 1.0), ("softmax", 2.0)])

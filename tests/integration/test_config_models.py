@@ -11,7 +11,7 @@ from common.config_models import PASS_MODES, Block, Float, Int, List, Str, Value
 from common.errors import ConfigError
 from papers.hu19 import tables
 from pipelines.grid import table_configs
-from tests.common.test_bad_inputs import assert_clear_error, repro, table2, tree, write_params
+from tests.integration.test_bad_inputs import assert_clear_error, repro, table2, tree, write_params
 from tests.conftest import REPO
 
 
