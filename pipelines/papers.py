@@ -18,7 +18,6 @@ Optional hooks (module attributes; absent = the default in brackets):
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -29,7 +28,7 @@ PAPER_MODULES = {
     "hu19": "papers.hu19.tables",
 }
 ALL_PAPERS = ("hu19", "mmel", "metaaugment", "influence")   # the scoreboard's rows, registered or not yet
-PAPERS_DIR = Path(importlib.util.find_spec("papers").submodule_search_locations[0])   # papers/<p>/ (not imported)
+PAPERS_DIR = Path("papers")   # papers/<p>/{paper_tables.yaml,README.md}, relative to the repo root `repro` runs in
 
 
 @runtime_checkable

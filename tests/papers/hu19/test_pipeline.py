@@ -1,4 +1,5 @@
 """End-to-end: `dvc repro` on the smoke profile in a temporary copy produces results, MLflow runs and reports."""
+import os
 import shutil
 import subprocess
 
@@ -13,6 +14,12 @@ def tracked_files() -> list[str]:
     return [f for f in out if f and not f.startswith(("results/", "splits/", "reports/"))]
 
 
+def own_files() -> dict[str, bytes]:
+    """The repository's reports and paper READMEs (a smoke pipeline in a copy must not touch them)."""
+    paths = [*(REPO / "reports").rglob("*.md"), *(REPO / "papers").glob("*/README.md")]
+    return {str(p): p.read_bytes() for p in sorted(paths)}
+
+
 def test_dvc_repro_smoke_end_to_end(tmp_path, mirror):
     work = tmp_path / "repo"
     for rel in tracked_files():
@@ -25,7 +32,9 @@ def test_dvc_repro_smoke_end_to_end(tmp_path, mirror):
     params["base"].update(profile="smoke", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", data_mirror=mirror)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=work, check=True)
-    proc = subprocess.run(["dvc", "repro"], cwd=work, capture_output=True, text=True, timeout=1500)
+    env = {**os.environ, "PYTHONPATH": str(work)}     # the copy's code, not the editable install's checkout
+    before = own_files()
+    proc = subprocess.run(["dvc", "repro"], cwd=work, capture_output=True, text=True, timeout=1500, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     results = sorted((work / "results/smoke/hu19").glob("*/*/*/seed*.json"))
@@ -53,5 +62,6 @@ def test_dvc_repro_smoke_end_to_end(tmp_path, mirror):
     assert (work / "reports/mlm/hu19_smoke.json").exists() and "## The MLM the text augmenter starts from" in report
     assert any(r.data.tags.get("stage") == "aggregate" for r in runs)
 
-    again = subprocess.run(["dvc", "repro"], cwd=work, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(["dvc", "repro"], cwd=work, capture_output=True, text=True, timeout=600, env=env)
+    assert own_files() == before, "the run wrote into the repository it was copied from"
     assert again.returncode == 0 and "didn't change, skipping" in again.stdout + again.stderr
