@@ -286,6 +286,20 @@ class Base(Block):
     runner: Runner
 
 
+class MlmProfile(Block):
+    """`mlm.profiles.<profile>`: the shared backbone MLM (`repro mlm`, dvc stage mlm)."""
+
+    backbone: Str(nonblank=True)            # checked against the installed backbones by `repro mlm`
+    datasets: List(Value((str,)), unique=True, min_len=1)
+    steps: Int(ge=0)                        # 0: a backbone that ships its head, saved as is
+    batch_size: PosInt
+    lr: Float(gt=0)
+    max_seq_len: Int(ge=8)
+    seed: Int(ge=0)
+    imdb_limit: OptionalPosInt
+    out_dir: Str(nonblank=True)
+
+
 RUNNER_DEFAULTS = {key: field.default for key, field in Runner.model_fields.items() if not field.is_required()}
 
 

@@ -124,18 +124,14 @@ def cmd_bench(args) -> int:
     return 0
 
 
-MLM_PARAM_TYPES = {"backbone": str, "datasets": list, "steps": int, "batch_size": int, "lr": float, "max_seq_len": int, "seed": int,
-                   "imdb_limit": (int, type(None)), "out_dir": str}
-
-
 def _mlm_params(params, profile) -> dict:
     """The validated `mlm.profiles.<profile>` block (shared by every paper's text augmenters)."""
-    from common.config import check_block
+    from common.config_models import MlmProfile, parse
     where = f"params.yaml: mlm.profiles.{profile}"
     cfg = (params.get("mlm") or {}).get("profiles", {}).get(profile)
     if cfg is None:
-        raise ReproError(f"{where}: missing (expected the keys {sorted(MLM_PARAM_TYPES)})")
-    check_block(cfg, MLM_PARAM_TYPES, where)
+        raise ReproError(f"{where}: missing (expected the keys {sorted(MlmProfile.model_fields)})")
+    parse(MlmProfile, cfg, where)
     return cfg
 
 

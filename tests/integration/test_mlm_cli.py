@@ -67,7 +67,11 @@ def test_cli_mlm_trains_then_refuses_to_overwrite(tmp_path, monkeypatch, capsys)
     ({"step": 3}, r"mlm\.profiles\.smoke: unknown key\(s\) \['step'\]"),
     ({"out_dir": None}, r"mlm\.profiles\.smoke\.out_dir: missing"),
     (None, r"mlm\.profiles\.smoke: missing \(expected the keys"),
-], ids=["steps-string", "lr-1e-4", "unknown-key", "out_dir-missing", "block-missing"])
+    ({"batch_size": 0}, r"mlm\.profiles\.smoke\.batch_size: expected >= 1, got 0"),
+    ({"lr": -1.0e-4}, r"mlm\.profiles\.smoke\.lr: expected a number > 0"),
+    ({"datasets": []}, r"mlm\.profiles\.smoke\.datasets"),
+], ids=["steps-string", "lr-1e-4", "unknown-key", "out_dir-missing", "block-missing", "batch-zero", "lr-negative",
+        "no-datasets"])
 def test_cli_mlm_bad_params(tmp_path, capsys, change, message):
     import re
     block = None if change is None else {k: v for k, v in {**SMOKE_BLOCK, "out_dir": "x", **change}.items()
