@@ -22,7 +22,6 @@ from common.config_models import (  # noqa: F401  (PROFILES, RUNNER_BACKENDS, nu
     RUNNER_BACKENDS,
     RUNNER_DEFAULTS,
     Base,
-    check_types,
     number_as_text_hint,
     parse,
 )
@@ -54,13 +53,6 @@ def load_params(path: str | os.PathLike = DEFAULT_PARAMS) -> dict[str, Any]:
         raise ConfigError(f"{path}: expected a mapping with a `base` group")
     validate_base(params["base"], str(path))
     return params
-
-
-def check_block(block: dict, types: dict, where: str, required=None) -> None:
-    """Validate one config mapping against a {key: type or tuple of types} dict (no range checks):
-    unknown keys, then missing `required` keys (None: all of them), then types. Typed blocks use
-    `common.config_models.parse` instead."""
-    check_types(block, types, where, required)
 
 
 def validate_base(base: dict, where: str = "params.yaml") -> Base:

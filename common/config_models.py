@@ -368,23 +368,3 @@ def error_message(exc: ValidationError, model: type[Block], where: str) -> str:
     if err["type"] in ("model_type", "model_attributes_type", "dict_type"):
         return f"{where}{_path(loc)}: expected a mapping, got {type(value).__name__} {value!r}"
     return f"{where}{_path(loc)}: {err['msg']} (got {type(value).__name__} {value!r})"
-
-
-def check_types(block, types: dict, where: str, required=None) -> None:
-    """The plain-dict form: no keys beyond `types` ({key: type or tuple of types}), every `required`
-    key present (None: all of them), every present value of its type (messages as `parse`)."""
-    if not isinstance(block, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(block).__name__}")
-    unknown = sorted(set(block) - set(types))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(types)}")
-    for key in types if required is None else required:
-        if key not in block:
-            kinds = types[key] if isinstance(types[key], tuple) else (types[key],)
-            raise ConfigError(f"{where}.{key}: missing (expected {type_names(kinds)})")
-    for key, expected in types.items():
-        if key in block:
-            bad = type_problem(block[key], expected if isinstance(expected, tuple) else (expected,))
-            if bad:
-                raise ConfigError(f"{where}.{key}: {bad}")
-

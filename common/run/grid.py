@@ -21,8 +21,16 @@ from typing import Callable, Iterable
 
 from common.config import config_hash
 from common.errors import ReproError
-from common.run.job import (CODE_DIRS, GENERATED_PATHS, REPO_DIR, CodeState, DirtyTreeError, Job, code_state,
-                            write_code_diff)
+from common.run.job import (
+    CODE_DIRS,
+    GENERATED_PATHS,
+    REPO_DIR,
+    CodeState,
+    DirtyTreeError,
+    Job,
+    code_state,
+    write_code_diff,
+)
 from common.run.local_backend import LocalBackend
 from common.run.progress import progress_bar
 from common.run.results import RunKey, archive_result, read_result, result_status

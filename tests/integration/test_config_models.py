@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from common.config import HASH_OMITTED_DEFAULTS, check_block, config_hash, load_params, without_omitted_defaults
+from common.config import HASH_OMITTED_DEFAULTS, config_hash, load_params, without_omitted_defaults
 from common.config_models import PASS_MODES, Block, Float, Int, List, Str, Value, parse
 from common.errors import ConfigError
 from papers.hu19 import tables
 from pipelines.grid import table_configs
-from tests.integration.test_bad_inputs import assert_clear_error, repro, table2, tree, write_params
 from tests.conftest import REPO
+from tests.integration.test_bad_inputs import assert_clear_error, repro, table2, tree, write_params
 
 
 @pytest.fixture
@@ -199,19 +199,6 @@ def test_values_keep_their_yaml_types():
 def test_pass_modes_match_the_meta_step():
     from common.meta.lookahead import MODES
     assert tuple(PASS_MODES) == tuple(MODES)
-
-
-def test_check_block_keeps_its_messages():
-    """The plain-dict form (used for blocks that have no model yet) gives the same messages."""
-    types = {"steps": int, "lr": float, "out": (str, type(None))}
-    check_block({"steps": 1, "lr": 1, "out": None}, types, "w")
-    for block, message in [({"steps": "600", "lr": 0.1}, "w.steps: expected int, got str '600' (a quoted number"),
-                           ({"steps": 1, "lr": "1e-4"}, "w.lr: expected float, got str '1e-4' (YAML reads 1e-4"),
-                           ({"steps": 1}, r"w.lr: missing (expected float)"),
-                           ({"step": 1}, "w: unknown key(s) ['step']; known: ['lr', 'out', 'steps']")]:
-        with pytest.raises(ConfigError) as exc:
-            check_block(block, types, "w", required=("steps", "lr"))
-        assert str(exc.value).startswith(message)
 
 
 # --- run configs from the models ----------------------------------------------------------------------
