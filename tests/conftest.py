@@ -18,3 +18,13 @@ def mirror() -> str:
     if not path or not (Path(path) / "cifar10").is_dir():
         pytest.skip("REPRO_DATA_MIRROR with cifar10/ is needed (CI sets it)")
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (MLM training numbers are compared across runs)."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -10,13 +10,7 @@ from common.text import mlm as mlm_head
 SENTENCE = "the cat sat on the mat ."
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_held_out_pools_come_from_the_tables_split_definitions():

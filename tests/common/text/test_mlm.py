@@ -22,12 +22,7 @@ from common.train.optimizers import adamw_param_groups
 SENTENCE = "the cat sat on the mat ."
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def bert_batch(n_rows: int, max_len: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
