@@ -2,14 +2,18 @@
 
 Per registered paper with a `paper_tables.yaml`: reports/<paper>.md (one verdict table per published
 table), reports/figures/<paper>_<table>.png, the results section of papers/<paper>/README.md (between
-`<!-- results:start -->` and `<!-- results:end -->`), and reports/index.md across all papers.
+`<!-- results:start -->` and `<!-- results:end -->`), and reports/index.md across all papers; for
+DVC's own views, reports/metrics/<paper>.json (`dvc metrics show/diff`: per cell mean, std, n and
+verdicts, per table verdict counts) and reports/plots/<paper>/<table>/<setting>/<method>.csv
+(`dvc plots show`: per-epoch dev accuracy beside the paper's number), declared in dvc.yaml.
 Verdicts: like-for-like tables compare means within two standard errors; tables whose profile
 deviates from the `paper` profile compare only the paper's ordering against the `base` row.
 Output is deterministic: yaml order, 2-decimal numbers, fixed bootstrap seed, no timestamps.
 
 Modules: `stats` (aggregates, verdict rules, ordering tests), `published` (paper_tables.yaml),
 `table_report` (cells of one table), `markdown`, `figures`, `scoreboard` (index.md),
-`mlflow_summary`. A paper adds its own lines under a table through its `report_sections` hook.
+`metrics` and `plots` (the DVC views), `mlflow_summary`. A paper adds its own lines under a table
+through its `report_sections` hook.
 """
 from __future__ import annotations
 
@@ -27,7 +31,9 @@ from pipelines.reports.markdown import (
     render_table_section,
     update_readme,
 )
+from pipelines.reports.metrics import write_metrics
 from pipelines.reports.mlflow_summary import log_table_summaries
+from pipelines.reports.plots import write_plots
 from pipelines.reports.published import PAPERS_DIR, load_published, with_variants
 from pipelines.reports.scoreboard import COUNTED_VERDICTS, render_index, verdict_counts
 from pipelines.reports.stats import (
@@ -73,7 +79,8 @@ def write_paper_report(params: dict, profile: str, paper: str, published: dict,
 
 
 def write_reports(params: dict, profile: str, log_tables: bool = True) -> list[Path]:
-    """All paper reports, figures, README blocks and reports/index.md; returns the written paths."""
+    """All paper reports, figures, README blocks, DVC metrics and plots, and reports/index.md; returns
+    the written paths except the DVC metrics and plots files (reports/metrics/, reports/plots/)."""
     (REPORTS_DIR / "figures").mkdir(parents=True, exist_ok=True)
     tracker = Tracker(params["base"]["tracking_uri"]) if log_tables else None
     scoreboard: dict[str, list[TableReport] | None] = {}
@@ -84,6 +91,8 @@ def write_reports(params: dict, profile: str, log_tables: bool = True) -> list[P
             continue
         scoreboard[paper], paths = write_paper_report(params, profile, paper, published, PAPERS_DIR)
         written += paths
+        write_metrics(scoreboard[paper], paper, profile, REPORTS_DIR / "metrics")
+        write_plots(scoreboard[paper], REPORTS_DIR / "plots" / paper)
         if tracker is not None:
             log_table_summaries(tracker, paper, profile, scoreboard[paper], REPORTS_DIR)
     index = REPORTS_DIR / "index.md"

@@ -14,12 +14,15 @@ def verdict_counts(report: TableReport) -> dict[str, int]:
             for kind in COUNTED_VERDICTS}
 
 
+def log_verdict_count_dict(report: TableReport) -> dict[str, int]:
+    """The verdicts against the official logs, counted like `verdict_counts` over the cells with a log."""
+    return {kind: sum(cell.log_verdict is not None and cell.log_verdict.kind == kind and not cell.variant
+                      for cell in report.cells) for kind in COUNTED_VERDICTS}
+
+
 def log_verdict_counts(report: TableReport) -> str:
-    """The verdicts against the official logs, counted like `verdict_counts` over the cells with a log
-    ('OK 2, FAIL 1'; '—' without logs)."""
-    counts = {kind: sum(cell.log_verdict is not None and cell.log_verdict.kind == kind and not cell.variant
-                        for cell in report.cells) for kind in COUNTED_VERDICTS}
-    return ", ".join(f"{kind} {n}" for kind, n in counts.items() if n) or "—"
+    """`log_verdict_count_dict` as text ('OK 2, FAIL 1'; '—' without logs)."""
+    return ", ".join(f"{kind} {n}" for kind, n in log_verdict_count_dict(report).items() if n) or "—"
 
 
 def scoreboard_papers(scoreboard: dict) -> list[str]:
