@@ -298,6 +298,7 @@ class MlmProfile(Block):
     seed: Int(ge=0)
     imdb_limit: OptionalPosInt
     out_dir: Str(nonblank=True)
+    threads: PosInt = 2                     # pinned intra-op threads: same bits on one CPU kind (train_mlm)
 
 
 RUNNER_DEFAULTS = {key: field.default for key, field in Runner.model_fields.items() if not field.is_required()}

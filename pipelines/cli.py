@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -81,6 +80,10 @@ def cmd_status(args) -> int:
     print(f"{'table':8} {'setting':16} {'method':18} {'done':>5} {'missing':>8} {'stale':>6} {'est. h':>7}")
     for c in cells:
         print(f"{c.table:8} {c.setting:16} {c.method:18} {c.done:5d} {c.missing:8d} {c.stale:6d} {hours(c.est_s):>7}")
+    from common.config import table_config
+    for table in _tables(args, params, profile):      # settings the profile cannot run (the report's NOT RUN rows)
+        for setting, reason in (table_config(params, args.paper, profile, table).get("not_run") or {}).items():
+            print(f"{table:8} {setting:16} {'(every method)':18} NOT RUN: {reason}")
     for table in dict.fromkeys(c.table for c in cells):
         mine = [c for c in cells if c.table == table]
         todo = sum(c.missing + c.stale for c in mine)
@@ -124,64 +127,23 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def _mlm_params(params, profile) -> dict:
-    """The validated `mlm.profiles.<profile>` block (shared by every paper's text augmenters)."""
-    from common.config_models import MlmProfile, parse
-    where = f"params.yaml: mlm.profiles.{profile}"
-    cfg = (params.get("mlm") or {}).get("profiles", {}).get(profile)
-    if cfg is None:
-        raise ReproError(f"{where}: missing (expected the keys {sorted(MlmProfile.model_fields)})")
-    parse(MlmProfile, cfg, where)
-    return cfg
-
-
 def cmd_mlm(args) -> int:
-    from common.config import data_mirror
-    from common.text.backbones import backbone_dir
-    from common.text.mlm import mlm_corpus, train_mlm
+    from pipelines.mlm_stage import build_mlm, publish_mlm_report
 
     params = load_params(args.params)
     profile = _profile(args, params)
-    from pipelines.grid import text_dev_pools
     if args.write_pools:
         from common.io import write_json_atomic
+        from pipelines.grid import text_dev_pools
         write_json_atomic(Path(args.write_pools), text_dev_pools(params, profile))
         print(f"wrote {args.write_pools}")
         return 0
-    cfg = _mlm_params(params, profile)
-    backbone_dir(cfg["backbone"])     # a missing or unknown backbone fails before the corpus is read
-    datasets = tuple(cfg["datasets"])
-    pools = text_dev_pools(params, profile)
-    train, dev = mlm_corpus(data_mirror(params["base"]), datasets, held_out_pools=pools, imdb_limit=cfg["imdb_limit"],
-                            seed=cfg["seed"])
-    print(f"mlm ({profile}): {cfg['backbone']}, {len(train)} train / {len(dev)} dev texts, {cfg['steps']} steps",
-          flush=True)
-
-    def on_log(record: dict) -> None:
-        train_loss = "-" if record["train_loss"] is None else f"{record['train_loss']:.3f}"
-        print(f"step {record['step']}/{cfg['steps']}: train loss {train_loss}, dev loss {record['dev_loss']:.3f}",
-              flush=True)
-
-    report = train_mlm(cfg["backbone"], train, dev, cfg["out_dir"], steps=cfg["steps"], batch_size=cfg["batch_size"],
-                       lr=cfg["lr"], max_seq_len=cfg["max_seq_len"], seed=cfg["seed"], on_log=on_log,
-                       overwrite=args.overwrite,
-                       report_extra={"profile": profile, "datasets": list(datasets), "imdb_limit": cfg["imdb_limit"],
-                                     "held_out_pools": {k: [list(p) for p in v] for k, v in pools.items()}})
-    print(f"wrote {cfg['out_dir']}: dev MLM loss {report['dev_loss_before']:.3f} -> {report['dev_loss_best']:.3f} "
-          f"(step {report['step_best']}), {report['wall_s']:.0f} s")
-    print(f"wrote {publish_mlm_report(cfg['out_dir'], profile)}")
+    report = build_mlm(params, profile, overwrite=args.overwrite, say=lambda line: print(line, flush=True))
+    out_dir = (params["mlm"]["profiles"][profile])["out_dir"]
+    print(f"wrote {out_dir}: dev MLM loss {report['dev_loss_before']:.3f} -> {report['dev_loss_best']:.3f} "
+          f"(step {report['step_best']}), {report['wall_s']:.0f} s, weights sha256 {report['weights_sha256'][:12]}")
+    print(f"wrote {publish_mlm_report(out_dir, profile)}")
     return 0
-
-
-def publish_mlm_report(out_dir: str | Path, profile: str, reports_dir: Path = Path("reports/mlm")) -> Path:
-    """Copy the MLM's report (small JSON) to reports/mlm/hu19_<profile>.json: the model itself is
-    DVC-cached, not committed, but readers of the hu19 report see its dev loss and sample fills."""
-    from common.io import write_json_atomic
-    from common.text.mlm import REPORT_NAME
-
-    target = reports_dir / f"hu19_{profile}.json"
-    write_json_atomic(target, json.loads((Path(out_dir) / REPORT_NAME).read_text()))
-    return target
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -237,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write-pools", metavar="PATH",
                    help="only write the dev pools the MLM corpus holds out (JSON) to PATH (dvc stage mlm_dev_pools)")
     p.set_defaults(fn=cmd_mlm)
+    from pipelines.verify import add_verify_parser  # `repro verify`: re-run committed results here, compare
+    add_verify_parser(sub)
     return parser
 
 

@@ -157,6 +157,11 @@ def run_tables(params: dict, paper: str, profile: str, tables: list[str], *, set
     if not dry_run:
         writable_dir(Path(base["results_dir"]), "results_dir")
         writable_dir(Path(base["splits_dir"]), "splits_dir")
+    if not dry_run:
+        from pipelines.mlm_stage import ensure_mlm
+        identity = ensure_mlm(params, profile, configs, Path(base["results_dir"]))
+        if identity:
+            log.info("%s", identity)
     tracker = Tracker(base["tracking_uri"])
     return run_grid(configs, paper_module=PAPER_MODULES[paper], results_dir=Path(base["results_dir"]),
                     mirror=data_mirror(base), backend=make_backend(runner_cfg),

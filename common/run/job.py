@@ -20,7 +20,7 @@ from common.config import config_hash
 from common.errors import ReproError
 from common.io import write_file_atomic, write_json_atomic
 from common.run.allocator import keep_freed_memory
-from common.run.progress import progress_bar
+from common.run.progress import eta_text, progress_bar
 from common.run.results import RunKey, read_result
 
 log = logging.getLogger("repro.runner")
@@ -161,10 +161,16 @@ def execute_job(job: Job) -> dict:
     bar = progress_bar(n_epochs, job.key.label(), "epoch", job.progress and not job.in_worker, position=1,
                        leave=False)
 
+    epochs_seen = []
+
     def report_epoch(row: dict) -> None:
         values = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
-        if job.progress and job.in_worker:
-            print(f"[{job.key.label()}] {values} ({time.time() - start:.0f}s)", flush=True)
+        epochs_seen.append(row.get("epoch"))
+        if job.progress and job.in_worker:   # epochs done in all (a resumed run starts past 0) / done here
+            done = (row["epoch"] + (c.get("pretrain_epochs", 0) if row.get("phase") == "train" else 0)
+                    if isinstance(row.get("epoch"), int) else len(epochs_seen))
+            eta = eta_text(done, n_epochs or 0, time.time() - start, len(epochs_seen))
+            print(f"[{job.key.label()}] {values} ({eta})", flush=True)
         bar.set_postfix_str(values, refresh=False)
         bar.update(1)
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from common.errors import ConfigError
-from common.io import publish_dir_atomic
+from common.io import publish_dir_atomic, sha256_file
 from common.text.backbones import (
     ATTN_IMPLEMENTATION,
     BERT_VOCAB_SIZE,
@@ -42,6 +42,7 @@ DEV_BATCH_SIZE = 32                # the training batch size): losses comparable
 MINILM_MLM_DIR = "artifacts/mlm/all-MiniLM-L6-v2"   # params mlm.profiles.cpu.out_dir
 PROFILE_OF = {"tiny-random-bert": "smoke", "all-MiniLM-L6-v2": "cpu", "bert-base-uncased": "paper"}
 REPORT_NAME = "mlm_report.json"
+WEIGHTS_NAME = "model.safetensors"
 # One [MASK] each; the last two are the hu19 Figure 2 SST sentence (common.augment.cbert.FIGURE2_SENTENCE)
 # with "striking", then "grey" masked.
 PROBE_SENTENCES = ("a [MASK] movie with great acting .", "what is the [MASK] of the moon ?",
@@ -166,14 +167,38 @@ def _refuse_overwrite(out_dir: Path, overwrite: bool) -> None:
                           "with `repro mlm --overwrite` (train_mlm(..., overwrite=True))")
 
 
+def mlm_weights_sha256(mlm_dir: str | Path) -> str | None:
+    """The identity of an MLM: sha256 of its weights file (None when `mlm_dir` holds none)."""
+    weights = Path(mlm_dir) / WEIGHTS_NAME
+    return sha256_file(weights) if weights.is_file() else None
+
+
 def train_mlm(backbone, train_texts, dev_texts, out_dir, *, steps, batch_size=32, lr=1e-4, max_seq_len=64, seed=0,
-              log_every=50, on_log: Callable[[dict], None] | None = None, overwrite=False, report_extra=None) -> dict:
+              threads=2, log_every=50, on_log: Callable[[dict], None] | None = None, overwrite=False,
+              report_extra=None) -> dict:
     """Fine-tune the whole BertForMaskedLM of `backbone` with masked LM on `train_texts` for `steps` steps
     (AdamW, decay 0.01 except bias/LayerNorm, 5% linear warm-up then linear decay, clip 1.0); evaluate
     the dev loss (fixed masks) at step 0, every `log_every` steps and at the end; save the best-dev state,
-    the tokenizer and `mlm_report.json` atomically to `out_dir`. `steps=0` evaluates and saves as is
-    (bert-base-uncased has its own head). Returns the report."""
-    out_dir = Path(out_dir)
+    the tokenizer and `mlm_report.json` (with `weights_sha256`, the MLM's identity) atomically to
+    `out_dir`. `steps=0` evaluates and saves as is (bert-base-uncased has its own head). Returns the report.
+
+    Bit-reproducible on one CPU kind: `threads` intra-op threads (a CPU matmul's reduction order depends
+    on the thread count: another count changes every loss at ~1e-8 from step 0 on) and deterministic
+    kernels, both restored afterwards."""
+    threads_before, deterministic_before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _train_mlm(backbone, train_texts, dev_texts, Path(out_dir), steps=steps, batch_size=batch_size, lr=lr,
+                          max_seq_len=max_seq_len, seed=seed, threads=threads, log_every=log_every, on_log=on_log,
+                          overwrite=overwrite, report_extra=report_extra)
+    finally:
+        torch.set_num_threads(threads_before)
+        torch.use_deterministic_algorithms(deterministic_before)
+
+
+def _train_mlm(backbone, train_texts, dev_texts, out_dir: Path, *, steps, batch_size, lr, max_seq_len, seed, threads,
+               log_every, on_log, overwrite, report_extra) -> dict:
     _refuse_overwrite(out_dir, overwrite)
     if steps < 0 or batch_size < 1 or (steps and not train_texts) or not dev_texts:
         raise ConfigError(f"train_mlm: need steps >= 0, batch_size >= 1, train texts (when steps > 0) and dev "
@@ -235,7 +260,7 @@ def train_mlm(backbone, train_texts, dev_texts, out_dir, *, steps, batch_size=32
         model.load_state_dict(best["state"])
     model.eval()
     report = {"backbone": backbone, "steps": steps, "batch_size": batch_size, "lr": lr, "max_seq_len": max_seq_len,
-              "seed": seed, "schedule": "adamw wd 0.01, 5% linear warm-up, linear decay, clip 1.0",
+              "seed": seed, "threads": threads, "schedule": "adamw wd 0.01, 5% linear warm-up, linear decay, clip 1.0",
               "n_train_texts": len(train_texts), "n_dev_texts": len(dev_texts), "dev_loss_before": dev_loss_before,
               "dev_loss_best": best["dev_loss"], "step_best": best["step"], "history": history,
               "fills": top_k_fills(model, tokenizer, PROBE_SENTENCES), **(report_extra or {})}
@@ -246,6 +271,7 @@ def train_mlm(backbone, train_texts, dev_texts, out_dir, *, steps, batch_size=32
         with quiet_transformers():
             model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        report["weights_sha256"] = mlm_weights_sha256(tmp)
         report["wall_s"] = round(time.time() - start, 1)
         (tmp / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
         _refuse_overwrite(out_dir, overwrite)

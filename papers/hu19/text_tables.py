@@ -440,6 +440,9 @@ def execute_text(config: dict, mirror: str | None, on_epoch: Callable[[dict], No
                                      min_epochs=config["min_epochs"], on_epoch=epoch_hook,
                                      stateful={"optimizer": optimizer, "step": step}, checkpoint=checkpoint)
     extra_metrics = step.extra_metrics() if isinstance(step, WeightingMethod) else {}
+    if config.get("mlm_dir"):     # the identity of the MLM the augmenter started from (reported per table)
+        from common.text.mlm import mlm_weights_sha256
+        extra["mlm"] = {"dir": config["mlm_dir"], "weights_sha256": mlm_weights_sha256(config["mlm_dir"])}
     return fit.outcome(n_train=len(train), n_dev=len(dev), n_test=len(test), wall_s=time.time() - start,
                        device=str(target), extra_metrics=extra_metrics, **extra)
 

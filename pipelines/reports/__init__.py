@@ -17,6 +17,7 @@ through its `report_sections` hook.
 """
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from common.errors import ConfigError
@@ -70,9 +71,11 @@ def write_paper_report(params: dict, profile: str, paper: str, published: dict,
 
     report_path = REPORTS_DIR / f"{paper}.md"
     benchmarks = sorted((REPORTS_DIR / "benchmarks").glob(f"{paper}_*.json"))
-    mlm_path = REPORTS_DIR / "mlm" / f"{paper}_{profile}.json"
+    text_results = [r for r in results if r.get("config", {}).get("mlm_dir")]   # runs whose augmenter used the MLM
+    mlm_path = REPORTS_DIR / "mlm" / f"{profile}.json" if text_results else None
+    mlm_used = Counter((r.get("mlm") or {}).get("weights_sha256") for r in text_results)
     report_path.write_text(render_paper_report(published, profile, sections("figures/"), reports, benchmarks,
-                                               mlm_path))
+                                               mlm_path, dict(mlm_used)))
     readme = papers_dir / paper / "README.md"
     readme_updated = update_readme(readme, sections("../../reports/figures/").rstrip("\n"))
     return reports, [report_path, *drawn, *([readme] if readme_updated else [])]

@@ -207,10 +207,24 @@ def render_stated_in_text(report: TableReport, spec: dict) -> list[str]:
             "", *markdown_table(["setting", "paper's claim (text)", "ours (Δ ± 2 SE)", "on our numbers"], claims), ""]
 
 
-def render_mlm(path: Path) -> str:
-    """The MLM the text augmenter starts from (reports/mlm/<paper>_<profile>.json): dev loss, fills."""
+def mlm_identity_lines(mlm: dict, used: dict[str | None, int]) -> list[str]:
+    """Which MLM the text results used: weights sha256 of the committed MLM report vs the hashes the
+    results record (`used`: hash -> number of results; None: a result from before hashes were recorded)."""
+    committed = mlm.get("weights_sha256")
+    threads = f", trained with {mlm['threads']} threads" if mlm.get("threads") else ""
+    lines = [f"MLM weights sha256: `{committed or 'not recorded (built before MLM identities were kept)'}`{threads}."]
+    for sha, n in sorted(used.items(), key=lambda kv: (kv[0] is None, kv[0] or "")):
+        what = ("this MLM" if sha is not None and sha == committed else
+                "an MLM whose hash was not recorded (results from before identities were kept)" if sha is None else
+                f"another MLM, `{sha[:12]}`")
+        lines.append(f"- {n} text result(s) used {what}.")
+    return [*lines, ""]
+
+
+def render_mlm(path: Path, used: dict[str | None, int] | None = None) -> str:
+    """The MLM the text augmenter starts from (reports/mlm/<profile>.json): identity, dev loss, fills."""
     mlm = json.loads(path.read_text())
-    lines = ["## The MLM the text augmenter starts from", "",
+    lines = ["## The MLM the text augmenter starts from", "", *mlm_identity_lines(mlm, used or {}),
              f"Backbone {mlm.get('backbone')}: masked-LM fine-tuning of the whole model for {mlm.get('steps')} steps "
              f"(batch {mlm.get('batch_size')}, lr {mlm.get('lr')}) on {mlm.get('n_train_texts')} train-pool texts "
              f"({', '.join(mlm.get('datasets', []))}; no dev or test example). Dev MLM loss "
@@ -250,7 +264,8 @@ def render_inventory(reports: list[TableReport]) -> str:
 
 
 def render_paper_report(published: dict, profile: str, table_sections: str, reports: list[TableReport],
-                        benchmarks: list[Path], mlm_path: Path | None = None) -> str:
+                        benchmarks: list[Path], mlm_path: Path | None = None,
+                        mlm_used: dict[str | None, int] | None = None) -> str:
     """Title, provenance line, table sections, optional Performance and MLM sections, the run inventory."""
     intro = (f"# Replication of {published['citation']}\n\nNumbers produced by the `{profile}` profile "
              f"(`repro report --profile {profile}`) from committed results. Test accuracy in percent, mean ± "
@@ -258,7 +273,7 @@ def render_paper_report(published: dict, profile: str, table_sections: str, repo
              "accuracy, runs with NaN are listed as failed.\n")
     performance = [render_performance(path) for path in benchmarks if path.exists()]
     if mlm_path is not None and mlm_path.exists():
-        performance.append(render_mlm(mlm_path))
+        performance.append(render_mlm(mlm_path, mlm_used))
     return "\n".join([intro, table_sections, *performance, render_inventory(reports)])
 
 

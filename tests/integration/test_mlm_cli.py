@@ -52,7 +52,7 @@ def test_cli_mlm_trains_then_refuses_to_overwrite(tmp_path, monkeypatch, capsys)
     assert run_cli(tmp_path, block) == 2
     assert "smoke: exists and is not empty" in capsys.readouterr().err
     assert run_cli(tmp_path, block, "--overwrite") == 0
-    assert (tmp_path / "reports/mlm/hu19_smoke.json").is_file()
+    assert (tmp_path / "reports/mlm/smoke.json").is_file()
 
 
 @pytest.mark.parametrize("change, message", [
@@ -74,3 +74,50 @@ def test_cli_mlm_bad_params(tmp_path, capsys, change, message):
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "x").exists()
 
+
+
+def test_mlm_build_is_bit_reproducible_and_records_its_identity(tmp_path):
+    """Same code, corpus and thread count on one machine: the same weights (sha256 in the report)."""
+    reports = []
+    for name in ("a", "b"):
+        reports.append(mlm_head.train_mlm("tiny-random-bert", [SENTENCE] * 9, [SENTENCE], tmp_path / name, steps=3,
+                                          batch_size=4, max_seq_len=32, threads=1))
+    assert reports[0]["weights_sha256"] == reports[1]["weights_sha256"] == mlm_head.mlm_weights_sha256(tmp_path / "a")
+    assert reports[0]["threads"] == 1
+    assert json.loads((tmp_path / "b" / mlm_head.REPORT_NAME).read_text())["weights_sha256"] == reports[1]["weights_sha256"]
+
+
+def test_repro_run_builds_the_mlm_only_when_a_text_run_needs_it(tmp_path, monkeypatch):
+    """A fresh clone with every result committed never builds the MLM; a missing text run does, once,
+    and the built MLM is compared with the committed report's identity."""
+    import yaml
+
+    from common.config import config_hash
+    from common.io import write_json_atomic
+    from pipelines import mlm_stage
+    from tests.conftest import REPO
+    monkeypatch.setattr(mlm_head, "mlm_corpus", lambda *args, **kwargs: ([SENTENCE] * 9, [SENTENCE]))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    out_dir = tmp_path / "artifacts/mlm/smoke"
+    params["mlm"]["profiles"]["smoke"] = {**SMOKE_BLOCK, "out_dir": str(out_dir), "threads": 1}
+    config = {"paper": "hu19", "table": "table1", "setting": "sst5", "method": "fixed_aug", "seed": 0,
+              "profile": "smoke", "mlm_dir": str(out_dir)}
+    results, reports = tmp_path / "results", tmp_path / "reports/mlm"
+    result_path = results / "smoke/hu19/table1/sst5/fixed_aug/seed0.json"
+    write_json_atomic(result_path, {**config, "config_hash": config_hash(config), "git_sha": "x", "metrics": {},
+                                    "wall_s": 1.0, "finished_at": "2026-12-01T00:00:00+00:00"})
+    assert mlm_stage.ensure_mlm(params, "smoke", [config], results, reports) is None    # every run done
+    assert not out_dir.exists()
+    result_path.unlink()
+    first = mlm_stage.ensure_mlm(params, "smoke", [config], results, reports)
+    sha = mlm_head.mlm_weights_sha256(out_dir)
+    assert sha and "no committed MLM report" in first
+    mlm_stage.publish_mlm_report(out_dir, "smoke", reports)
+    monkeypatch.setattr(mlm_stage, "build_mlm", lambda *a, **k: pytest.fail("rebuilt an MLM that exists"))
+    assert "identical to the committed one" in mlm_stage.ensure_mlm(params, "smoke", [config], results, reports)
+    committed = json.loads((reports / "smoke.json").read_text())
+    write_json_atomic(reports / "smoke.json", {**committed, "weights_sha256": "0" * 64})
+    assert "differs from the committed one" in mlm_stage.ensure_mlm(params, "smoke", [config], results, reports)
+    elsewhere = {**config, "mlm_dir": str(tmp_path / "mine")}
+    with pytest.raises(Exception, match=r"mlm_dir .*mine: holds no MLM .* is not mlm\.profiles\.smoke\.out_dir"):
+        mlm_stage.ensure_mlm(params, "smoke", [elsewhere], results, reports)

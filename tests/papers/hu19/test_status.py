@@ -34,3 +34,14 @@ def test_status_counts_runs_and_estimates_from_finished_ones(tmp_path, capsys):
     assert cli.main(["--params", str(params_file), "status", "--table", "table2"]) == 0
     out = capsys.readouterr().out
     assert "table2: 2 done, 6 to run; about 0.1 core-hours" in out and "plus 4 run(s)" in out
+
+
+def test_status_lists_the_settings_a_profile_cannot_run(tmp_path, capsys):
+    """Table 2's `pretrained` setting is NOT RUN on cpu (no ImageNet weights here): status says so, as the report."""
+    params = load_params(REPO / "params.yaml")
+    params["base"].update(results_dir=str(tmp_path / "results"))
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    assert cli.main(["--params", str(params_file), "status", "--profile", "cpu", "--table", "table2"]) == 0
+    out = capsys.readouterr().out
+    assert "table2   pretrained" in out and "NOT RUN: ImageNet-pretrained ResNet-34 weights cannot be downloaded" in out
