@@ -1,4 +1,4 @@
-"""One MLflow summary run per reported table (common.run.tracking)."""
+"""One MLflow summary run per reported table, updated in place by every report (common.run.tracking)."""
 from __future__ import annotations
 
 from pathlib import Path
