@@ -213,6 +213,8 @@ def rerun(plan: Plan, params: dict, work_dir: Path, workers: int, progress: bool
     by_threads: dict[int, list[dict]] = {}
     for r in plan.runs:       # each stored config hashes to its result's config_hash (checked by plan_verify)
         by_threads.setdefault(int(r.get("threads") or base["runner"]["threads_per_worker"]), []).append(r["config"])
+    from pipelines.mlm_stage import ensure_mlm
+    ensure_mlm(params, plan.profile, [r["config"] for r in plan.runs], results_dir)   # the MLM text re-runs read
     out: dict[str, dict | str] = {}
     for threads, configs in sorted(by_threads.items()):
         report = run_grid(configs, paper_module=PAPER_MODULES[plan.paper], results_dir=results_dir,
