@@ -29,5 +29,6 @@ report:
 bench:
 	repro bench
 
-ui:     ## browse runs and table summaries
+ui:     ## browse runs and table summaries (MLflow 3 opens in its GenAI view: the printed link opens the runs)
+	@echo "runs: http://127.0.0.1:$(MLFLOW_PORT)/#/experiments?workflowType=machine_learning"
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --port $(MLFLOW_PORT)
