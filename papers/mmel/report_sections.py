@@ -1,0 +1,49 @@
+"""mmel's report hook: Table 1's training time per method beside the paper's time column.
+
+The paper's claim about DA+Long is one of cost ("comparable or better performance, while being much
+more efficient in training", Sec. 4.1), so the report shows the wall time of our runs per method and
+its ratio to Baseline(DA), beside the paper's V100 hours and their ratio (absolute hours do not
+compare across hardware; the ratios do).
+"""
+from __future__ import annotations
+
+import statistics
+
+
+def _row(values) -> str:
+    return "| " + " | ".join(str(v) for v in values) + " |"
+
+
+def time_rows(spec: dict, runs: list[dict]) -> list[list[str]]:
+    walls: dict[tuple[str, str], list[float]] = {}
+    for r in runs:
+        walls.setdefault((r["setting"], r["method"]), []).append(float(r["wall_s"]) / 3600)
+    rows = []
+    for setting, by_method in spec["results"].items():
+        if not any((setting, m) in walls for m in by_method):
+            continue
+        paper_da = by_method.get("da", {}).get("time_h")
+        ours_da = statistics.mean(walls[(setting, "da")]) if (setting, "da") in walls else None
+        for method, cell in by_method.items():
+            paper_h = cell.get("time_h")
+            ours = walls.get((setting, method))
+            ours_h = statistics.mean(ours) if ours else None
+            rows.append([spec["settings"][setting]["label"], spec["methods"][method]["label"],
+                         "—" if paper_h is None else f"{paper_h:.1f}",
+                         "—" if paper_h is None or not paper_da else f"{paper_h / paper_da:.1f}x",
+                         "—" if ours_h is None else f"{ours_h:.2f} ({len(ours)})",
+                         "—" if ours_h is None or not ours_da else f"{ours_h / ours_da:.1f}x"])
+    return rows
+
+
+def report_sections(table: str, runs: list[dict], published: dict) -> list[str]:
+    """Markdown lines after Table 1's orderings: training time per method, paper vs ours."""
+    if table != "table1":
+        return []
+    rows = time_rows(published["tables"][table], runs)
+    if not rows:
+        return []
+    header = ["setting", "method", "paper hours (one V100)", "paper ÷ DA", "ours hours per run (n)", "ours ÷ DA"]
+    return ["Training time per method (the paper's time column beside the mean wall-clock time of our runs, "
+            "each on one CPU thread; only the ratios to Baseline(DA) compare across hardware):", "",
+            _row(header), _row(["---"] * len(header)), *map(_row, rows), ""]
