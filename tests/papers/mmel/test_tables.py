@@ -208,7 +208,7 @@ def test_paper_profile_rows_without_data_are_a_clear_error(mirror, tmp_path):
         tables.prepare_split(config, mirror, tmp_path / "split.json")
 
 
-def test_cli_smoke_run_and_dry_run(params, tmp_path, capsys, monkeypatch):
+def test_cli_dry_run_lists_every_smoke_run(params, tmp_path, capsys, monkeypatch):
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     assert cli.main(["--params", str(path), "run", "--paper", "mmel", "--profile", "smoke", "--dry-run"]) == 0
