@@ -7,7 +7,10 @@ DVC's own views, reports/metrics/<paper>.json (`dvc metrics show/diff`: per cell
 verdicts, per table verdict counts) and reports/plots/<paper>/<table>/<setting>/<method>.csv
 (`dvc plots show`: per-epoch dev accuracy beside the paper's number), declared in dvc.yaml.
 Verdicts: like-for-like tables compare means within two standard errors; tables whose profile
-deviates from the `paper` profile compare only the paper's ordering against the `base` row.
+deviates from the `paper` profile compare only the paper's ordering against the table's reference
+row (`reference: <method>` per table in paper_tables.yaml, default `base`). A published cell with
+`std: null` (or no std) shows its mean only, and the like-for-like bound is then our two standard
+errors alone; a cell's own `n` replaces the table's in the paper's standard error and its "(n)".
 Output is deterministic: yaml order, 2-decimal numbers, fixed bootstrap seed, no timestamps.
 
 Modules: `stats` (aggregates, verdict rules, ordering tests), `published` (paper_tables.yaml),
@@ -88,8 +91,9 @@ def write_reports(params: dict, profile: str, log_tables: bool = True) -> list[P
     tracker = Tracker(params["base"]["tracking_uri"]) if log_tables else None
     scoreboard: dict[str, list[TableReport] | None] = {}
     written: list[Path] = []
-    for paper in PAPER_MODULES:
-        published = load_published(paper, PAPERS_DIR)
+    # every paper_tables.yaml is loaded and checked first: a bad one stops the report before any file is written
+    all_published = {paper: load_published(paper, PAPERS_DIR) for paper in PAPER_MODULES}
+    for paper, published in all_published.items():
         if published is None:
             continue
         scoreboard[paper], paths = write_paper_report(params, profile, paper, published, PAPERS_DIR)

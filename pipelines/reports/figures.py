@@ -1,6 +1,7 @@
 """Report figures: paper vs ours bars per setting of a table (matplotlib, no pyplot state)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -12,7 +13,8 @@ PAPER_COLOUR, OURS_COLOUR = "#9aa5b1", "#1f77b4"
 
 
 def draw_figure(report: TableReport, published: dict, paper: str, profile: str, path: Path) -> bool:
-    """Grouped bars (paper vs ours, ± std) per setting; False (and no file) if the table has no results."""
+    """Grouped bars (paper vs ours, ± std; no error bar where the paper prints no std) per setting; False
+    (and no file) if the table has no results."""
     if not any(cell.ours and cell.ours.n for cell in report.cells):
         path.unlink(missing_ok=True)
         return False
@@ -23,8 +25,8 @@ def draw_figure(report: TableReport, published: dict, paper: str, profile: str, 
     for ax, setting in zip(axes, settings):
         cells = [c for c in report.cells if c.setting == setting]
         xs = range(len(cells))
-        ax.bar([x - 0.2 for x in xs], [c.paper.mean for c in cells], 0.4, yerr=[c.paper.std for c in cells],
-               capsize=3, color=PAPER_COLOUR)
+        paper_err = [math.nan if c.paper.std is None else c.paper.std for c in cells]   # nan: no error bar
+        ax.bar([x - 0.2 for x in xs], [c.paper.mean for c in cells], 0.4, yerr=paper_err, capsize=3, color=PAPER_COLOUR)
         ours = [(x, c.ours) for x, c in zip(xs, cells) if c.ours and c.ours.n]
         ax.bar([x + 0.2 for x, _ in ours], [s.mean for _, s in ours], 0.4, yerr=[s.std for _, s in ours],
                capsize=3, color=OURS_COLOUR)

@@ -24,11 +24,18 @@ RULE_LIKE_FOR_LIKE = (
     "Verdict rule: like-for-like table, so the numbers themselves are compared. OK if |ours − paper| ≤ "
     "2·√(paper_std²/paper_n + ours_std²/ours_n) (two standard errors of the difference of means), else FAIL; "
     "PENDING (n<2) with fewer than 2 of our runs; NOT RUN without results.")
-RULE_ORDERING = (
+RULE_ORDERING = (   # {reference}: the table's reference row (`reference:` in paper_tables.yaml, default base)
     "Verdict rule: this table deviates from the paper's setup (see the footnotes), so the paper's ordering is "
-    "compared, not its numbers. A method is SHAPE if sign(ours − ours base) = sign(paper − paper base) in the "
-    "same setting, else FAIL; `base` is the reference row (ref); PENDING (n<2) when the method or `base` has "
-    "fewer than 2 of our runs; NOT RUN without results.")
+    "compared, not its numbers. A method is SHAPE if sign(ours − ours {reference}) = "
+    "sign(paper − paper {reference}) in the same setting, else FAIL; `{reference}` is the reference row (ref); "
+    "PENDING (n<2) when the method or `{reference}` has fewer than 2 of our runs; NOT RUN without results.")
+STD_NOT_PUBLISHED = "std not published"
+# appended to the rule of a table with published cells that print no std, or that give their own n
+RULE_NO_STD_LIKE_FOR_LIKE = (
+    "Cells marked \"{marker}\": the paper prints no std, so its mean is taken as exact and the bound is our two "
+    "standard errors alone, 2·ours_std/√ours_n.")
+RULE_NO_STD_ORDERING = "Cells marked \"{marker}\" (the paper prints no std) take part by their means, as any other."
+RULE_CELL_N = "paper_n is a cell's own run count where the paper gives one (shown as its (n)), else the table's."
 RULE_OFFICIAL_LOG = (
     "Official log: {description}. Its verdict applies the same rule with the log's mean, std and n in place "
     "of the paper's; the scoreboard counts the paper's verdict.")
@@ -37,12 +44,29 @@ ORDERINGS_INTRO = "The paper's orderings on our numbers (2 SE = two standard err
 
 
 def mean_std(stats: Stats | None) -> str:
-    """'mean ± std (n)', with failed runs if any; an em dash without results."""
+    """'mean ± std (n)', with failed runs if any; an em dash without results; 'mean (n), std not
+    published' for a published cell without a std."""
     if stats is None:
         return "—"
-    text = "—" if stats.n == 0 else f"{stats.mean:.2f} ± {stats.std:.2f}"
+    no_std = stats.n > 0 and stats.std is None
+    text = "—" if stats.n == 0 else f"{stats.mean:.2f}" if no_std else f"{stats.mean:.2f} ± {stats.std:.2f}"
     return (f"{text} ({stats.n})" + (f", {stats.n_failed} failed" if stats.n_failed else "")
-            + (f", {stats.n_diverged} diverged" if stats.n_diverged else ""))
+            + (f", {stats.n_diverged} diverged" if stats.n_diverged else "")
+            + (f", {STD_NOT_PUBLISHED}" if no_std else ""))
+
+
+def verdict_rule(report: TableReport, profile: str) -> str:
+    """The verdict legend of a table: its rule, plus how cells without a published std (and cells
+    with their own n) are compared, where the table has any."""
+    if report.like_for_like is None:
+        return RULE_NOT_CONFIGURED.format(profile=profile)
+    if not report.like_for_like:
+        rule = RULE_ORDERING.format(reference=report.reference)
+        return rule + (" " + RULE_NO_STD_ORDERING.format(marker=STD_NOT_PUBLISHED)
+                       if report.has_paper_std_missing else "")
+    extra = [RULE_NO_STD_LIKE_FOR_LIKE.format(marker=STD_NOT_PUBLISHED)] if report.has_paper_std_missing else []
+    extra += [RULE_CELL_N] if report.has_cell_n else []
+    return " ".join([RULE_LIKE_FOR_LIKE, *extra])
 
 
 def markdown_row(values) -> str:
@@ -64,8 +88,7 @@ def render_table_section(report: TableReport, published: dict, profile: str, fig
     """Heading, verdict rule, verdict table, notes, orderings, the paper's own sections, numbered
     footnotes and figure link of one table."""
     spec = published["tables"][report.table]
-    rule = {True: RULE_LIKE_FOR_LIKE, False: RULE_ORDERING}.get(report.like_for_like,
-                                                                RULE_NOT_CONFIGURED.format(profile=profile))
+    rule = verdict_rule(report, profile)
     if report.like_for_like is None:  # not configured: one line instead of a table of NOT RUN cells
         return "\n".join([f"## {report.table}: {report.title}", "",
                           f"NOT RUN: not configured in the `{profile}` profile yet "

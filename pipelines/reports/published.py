@@ -1,6 +1,7 @@
 """A paper's published numbers: papers/<paper>/paper_tables.yaml, loaded and checked."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import yaml
@@ -11,8 +12,8 @@ from pipelines.papers import PAPERS_DIR
 
 def load_published(paper: str, papers_dir: Path = PAPERS_DIR) -> dict | None:
     """<papers_dir>/<paper>/paper_tables.yaml, or None if the paper has none; `paper` set to the id,
-    each table's `our_variants` expanded (see `with_variants`), `stated_in_text` and `official_log`
-    entries checked."""
+    each table's `our_variants` expanded (see `with_variants`), its `reference` row, the published
+    cells (see `validate_cells`), `stated_in_text` and `official_log` entries checked."""
     path = Path(papers_dir) / paper / "paper_tables.yaml"
     if not path.exists():
         return None
@@ -20,9 +21,57 @@ def load_published(paper: str, papers_dir: Path = PAPERS_DIR) -> dict | None:
     published.setdefault("paper", paper)
     published["tables"] = {name: with_variants(spec) for name, spec in published.get("tables", {}).items()}
     for name, spec in published["tables"].items():
+        validate_reference(path, name, spec)
+        validate_cells(path, name, spec)
         validate_stated_in_text(name, spec)
         validate_official_logs(name, spec)
     return published
+
+
+DEFAULT_REFERENCE = "base"
+
+
+def reference_method(spec: dict) -> str:
+    """The table's reference row (`reference: <method>`, default `base`): the row the ordering rule
+    compares every other method with in the same setting, marked `ref` in the report."""
+    return spec.get("reference", DEFAULT_REFERENCE)
+
+
+def validate_reference(path: Path, table: str, spec: dict) -> None:
+    """An explicit `reference` must name a published method of the table (not one of `our_variants`).
+    Without the key the reference is `base`, which a table may lack (its ordering cells then stay PENDING)."""
+    if "reference" not in spec:
+        return
+    published_methods = [m for m in spec.get("methods", {}) if m not in (spec.get("our_variants") or {})]
+    reference = spec["reference"]
+    if not isinstance(reference, str) or reference not in published_methods:
+        raise ConfigError(f"{path}: tables.{table}.reference: {reference!r} is not a method (row) of the table; "
+                          f"expected one of {published_methods}")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def validate_cells(path: Path, table: str, spec: dict) -> None:
+    """Each published cell: `mean` a number; `std` a finite number >= 0, or null / absent where the
+    paper prints no std (the report then shows the mean only and the like-for-like rule uses our
+    standard error alone); `n`, if given, a positive integer: the cell's own run count, used instead
+    of the table's (`n` of the table, else of the file) wherever the report uses the paper's n."""
+    for setting, by_method in spec.get("results", {}).items():
+        for method, cell in by_method.items():
+            where = f"{path}: tables.{table}.results.{setting}.{method}"
+            if not isinstance(cell, dict):
+                raise ConfigError(f"{where}: {cell!r}; expected a mapping {{mean, std, ...}}")
+            if not _is_number(cell.get("mean")):
+                raise ConfigError(f"{where}.mean: {cell.get('mean')!r}; expected a number")
+            std = cell.get("std")
+            if std is not None and not (_is_number(std) and math.isfinite(std) and std >= 0):
+                raise ConfigError(f"{where}.std: {std!r}; expected a finite number >= 0, or null where the paper "
+                                  "prints no std")
+            n = cell.get("n")
+            if n is not None and not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
+                raise ConfigError(f"{where}.n: {n!r}; expected a positive integer (the cell's own run count)")
 
 
 def with_variants(spec: dict) -> dict:

@@ -19,10 +19,11 @@ CONFIDENCE_LEVEL = 0.95
 
 @dataclass(frozen=True)
 class Stats:
-    """Test accuracy over seeds: mean and population std of the `n` finite values."""
+    """Test accuracy over seeds: mean and population std of the `n` finite values. For a published
+    cell, `std` is None where the paper prints no std (and `n` is the cell's own run count if it gives one)."""
     n: int
     mean: float
-    std: float
+    std: float | None
     n_failed: int = 0
     n_diverged: int = 0    # counted in n: training stopped on NaN/inf, test acc from the best dev epoch before
     # the n finite values in seed order (empty for published numbers); not part of equality
@@ -74,10 +75,13 @@ def aggregate(results: list[dict]) -> dict[tuple[str, str, str], Stats]:
 
 
 def like_for_like_verdict(paper: Stats, ours: Stats) -> Verdict:
-    """OK within two standard errors of the difference of means, else FAIL."""
+    """OK within two standard errors of the difference of means, else FAIL. Where the paper publishes
+    no std (`paper.std` None) the paper's mean is taken as exact: the bound is two of our standard
+    errors alone, 2·ours_std/√ours_n."""
     if ours.n < 2:
         return Verdict("PENDING", " (n<2)")
-    bound = 2 * math.sqrt(paper.std ** 2 / paper.n + ours.std ** 2 / ours.n)
+    paper_var = 0.0 if paper.std is None else paper.std ** 2 / paper.n
+    bound = 2 * math.sqrt(paper_var + ours.std ** 2 / ours.n)
     return Verdict("OK" if abs(ours.mean - paper.mean) <= bound else "FAIL")
 
 
@@ -86,11 +90,15 @@ def _sign(x: float) -> int:
 
 
 def ordering_verdict(method: str, paper: Stats, ours: Stats, paper_base: Stats | None,
-                     ours_base: Stats | None) -> Verdict:
-    """SHAPE if the method sits on the same side of `base` as in the paper, else FAIL."""
-    if method == "base":
+                     ours_base: Stats | None, reference: str = "base") -> Verdict:
+    """SHAPE if the method sits on the same side of the table's reference row (`reference`, default
+    `base`; `paper_base`/`ours_base` are its numbers in the same setting) as in the paper, else FAIL.
+    Means only, so a published cell without a std takes part as any other."""
+    if method == reference:
         return Verdict("ref")
-    if ours.n < 2 or paper_base is None or ours_base is None or ours_base.n < 2:
+    if paper_base is None:
+        return Verdict("PENDING", f" (no `{reference}` row in this setting)")
+    if ours.n < 2 or ours_base is None or ours_base.n < 2:
         return Verdict("PENDING", " (n<2)")
     same = _sign(ours.mean - ours_base.mean) == _sign(paper.mean - paper_base.mean)
     return Verdict("SHAPE" if same else "FAIL")

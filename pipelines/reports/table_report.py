@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from common.errors import ConfigError
 from pipelines.grid import current_hashes
+from pipelines.reports.published import reference_method
 from pipelines.reports.stats import Stats, Verdict, aggregate, like_for_like_verdict, ordering_verdict
 
 UNCOMPARED_CONFIG_KEYS = ("seeds", "not_run")
@@ -35,10 +36,22 @@ class TableReport:
     stale: list[dict] = dataclasses.field(default_factory=list)   # results of an older config: not counted
     stale_check: str = ""          # why results could not be checked against the current config, if so
     ours_stats: dict = dataclasses.field(default_factory=dict)   # (table, setting, method) -> Stats, every method
+    reference: str = "base"        # the reference row of the ordering rule (`reference:` in paper_tables.yaml)
+    paper_n: int = 0               # the table's published n (`n` of the table, else of the file)
 
     @property
     def has_logs(self) -> bool:
         return any(cell.log is not None for cell in self.cells)
+
+    @property
+    def has_paper_std_missing(self) -> bool:
+        """Some published cell prints no std (shown as mean only; the like-for-like bound is ours alone)."""
+        return any(cell.paper.std is None for cell in self.cells)
+
+    @property
+    def has_cell_n(self) -> bool:
+        """Some published cell gives its own run count, different from the table's."""
+        return any(cell.paper.n != self.paper_n for cell in self.cells)
 
 
 def _yaml_value(value) -> str:
@@ -106,13 +119,21 @@ def official_log_stats(cell: dict | None) -> Stats | None:
 
 
 def cell_verdict(method: str, reference: Stats, ours: Stats | None, reference_base: Stats | None,
-                 ours_base: Stats | None, like_for_like: bool | None, not_run: str) -> Verdict:
-    """Ours against one reference (the paper's numbers or its logs) by the table's rule."""
+                 ours_base: Stats | None, like_for_like: bool | None, not_run: str,
+                 reference_row: str = "base") -> Verdict:
+    """Ours against one reference (the paper's numbers or its logs) by the table's rule;
+    `reference_row`: the table's reference method (`reference_base`/`ours_base` are its numbers)."""
     if ours is None:
         return Verdict("NOT RUN", not_run)
     if like_for_like:
         return like_for_like_verdict(reference, ours)
-    return ordering_verdict(method, reference, ours, reference_base, ours_base)
+    return ordering_verdict(method, reference, ours, reference_base, ours_base, reference_row)
+
+
+def published_stats(cell: dict, table_n: int) -> Stats:
+    """A published cell as Stats: its own `n` if it gives one (else the table's), std None where the
+    paper prints none."""
+    return Stats(cell.get("n", table_n), cell["mean"], cell.get("std"))
 
 
 def build_table(published: dict, table: str, params: dict, paper: str, profile: str,
@@ -131,22 +152,24 @@ def build_table(published: dict, table: str, params: dict, paper: str, profile: 
     runs, stale, stale_check = current_runs(table, config, params, paper, profile,
                                             [r for r in results if r["table"] == table])
     ours_stats = aggregate(runs)
+    reference = reference_method(spec)
     cells = []
     for setting, by_method in spec["results"].items():
-        base = by_method.get("base")
-        paper_base = Stats(paper_n, base["mean"], base["std"]) if base else None
+        base = by_method.get(reference)
+        paper_base = published_stats(base, paper_n) if base else None
         log_base = official_log_stats(base)
-        ours_base = ours_stats.get((table, setting, "base"))
+        ours_base = ours_stats.get((table, setting, reference))
         for method, published_cell in by_method.items():
-            theirs = Stats(paper_n, published_cell["mean"], published_cell["std"])
+            theirs = published_stats(published_cell, paper_n)
             ours = ours_stats.get((table, setting, method))
             variant = method in spec.get("our_variants", {})
             if variant and ours is None and config is not None and method not in config.get("methods", []):
                 continue  # our variant, not planned in this profile: no row
             not_run = ": " + not_run_reason(config, setting, method, profile)
-            verdict = cell_verdict(method, theirs, ours, paper_base, ours_base, like_for_like, not_run)
+            verdict = cell_verdict(method, theirs, ours, paper_base, ours_base, like_for_like, not_run, reference)
             log = official_log_stats(published_cell)
             log_verdict = None if log is None else cell_verdict(method, log, ours, log_base, ours_base,
-                                                                like_for_like, "")
+                                                                like_for_like, "", reference)
             cells.append(Cell(setting, method, theirs, ours, verdict, variant, log, log_verdict))
-    return TableReport(table, spec["title"], like_for_like, footnotes, cells, runs, stale, stale_check, ours_stats)
+    return TableReport(table, spec["title"], like_for_like, footnotes, cells, runs, stale, stale_check, ours_stats,
+                       reference, paper_n)
