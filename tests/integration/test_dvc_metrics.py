@@ -273,7 +273,8 @@ def test_dvc_metrics_and_plots_show_find_the_cells(toy, tmp_path):
     assert data["t2"]["cells"]["r1"]["m1"]["verdict"] == "SHAPE" and data["t2"]["verdicts"]["NOT RUN"] == 4
 
     plots = json.loads(run_dvc(repo, "plots", "show", "--json"))["data"]
-    assert sorted(plots) == ["reports/plots/hu19/t1/s1/base.csv", "reports/plots/hu19/t1/s1/m1.csv"]
+    assert sorted(p for p in plots if p.startswith("reports/plots/hu19/")) == [   # (the toy has no other paper)
+        "reports/plots/hu19/t1/s1/base.csv", "reports/plots/hu19/t1/s1/m1.csv"]
     values = plots["reports/plots/hu19/t1/s1/m1.csv"][0]["content"]["data"]["values"]
     series = {(v["field"], v["epoch"]): float(v["dvc_inferred_y_value"]) for v in values}
     assert series == {("ours_dev_acc", "1"): 46.0, ("ours_dev_acc", "2"): 60.5, ("ours_dev_acc", "3"): 64.0,
