@@ -21,6 +21,32 @@ def mirror() -> str:
 
 
 @pytest.fixture
+def smoke_params(tmp_path, mirror) -> dict:
+    """params.yaml on the smoke profile: results and splits in tmp_path, no tracking, one worker."""
+    from common.config import load_params
+    p = load_params(REPO / "params.yaml")
+    p["base"].update(results_dir=str(tmp_path / "results"), splits_dir=str(tmp_path / "splits"),
+                     tracking_uri="none", data_mirror=mirror, profile="smoke")
+    p["base"]["runner"].update(workers=1)
+    return p
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every file under root with its bytes (to show nothing was modified or deleted); {} if root is absent."""
+    if not root.exists():
+        return {}
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def repro(capsys, *argv) -> tuple[int, str, str]:
+    """`repro <argv>` in this process: (exit code, stdout, stderr)."""
+    from pipelines import cli
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
 def one_thread():
     """torch on one thread for the test (MLM training numbers are compared across runs)."""
     import torch

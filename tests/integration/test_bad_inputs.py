@@ -26,7 +26,7 @@ from common.train.checkpoint import RunCheckpoint
 from papers.hu19 import tables
 from pipelines import cli
 from pipelines.grid import table_configs
-from tests.conftest import REPO
+from tests.conftest import REPO, repro, tree
 
 RUN = ["run", "--profile", "smoke", "--table", "table2"]
 BASE0 = "smoke/hu19/table2/not_pretrained/base/seed0.json"
@@ -57,19 +57,6 @@ def write_params(work: Path, mutate=None, text_edit=None, **base) -> Path:
     path = work / "params.yaml"
     path.write_text(text)
     return path
-
-
-def tree(results_dir: Path) -> dict[str, bytes]:
-    """Every file under the results dir with its bytes (to show nothing was modified or deleted)."""
-    if not results_dir.exists():
-        return {}
-    return {p.relative_to(results_dir).as_posix(): p.read_bytes() for p in sorted(results_dir.rglob("*")) if p.is_file()}
-
-
-def repro(capsys, *argv) -> tuple[int, str, str]:
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_clear_error(code: int, err: str, pattern: str) -> None:

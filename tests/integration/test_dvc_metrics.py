@@ -18,22 +18,15 @@ from common.io import write_json_atomic
 from common.run.results import RunKey
 from pipelines.reports.metrics import rounded
 from tests.conftest import REPO
+from tests.integration.report_toys import (
+    current_hashes_are_h,
+    toy_hu19_published,
+    verdict_rows,
+    write_toy_result,
+    write_toy_results,
+)
 
-PUBLISHED = {   # test_report.PUBLISHED (imported here would pull in torch through papers.hu19)
-    "paper": "hu19", "citation": "A. Author. A Toy Paper. 2024.", "n": 4,
-    "tables": {
-        "t1": {"title": "Toy like-for-like table",
-               "settings": {"s1": {"label": "S one"}, "s2": {"label": "S two"}},
-               "methods": {"base": {"label": "Base"}, "m1": {"label": "Method one"}},
-               "results": {"s1": {"base": {"mean": 50.0, "std": 3.0}, "m1": {"mean": 60.0, "std": 3.0}},
-                           "s2": {"base": {"mean": 40.0, "std": 3.0}, "m1": {"mean": 45.0, "std": 3.0}}}},
-        "t2": {"title": "Toy deviating table",
-               "settings": {"r1": {"label": "R one"}, "r2": {"label": "R two"}, "r3": {"label": "R three"}},
-               "methods": {"base": {"label": "Base"}, "m1": {"label": "Up"}, "m2": {"label": "Down"}},
-               "results": {r: {"base": {"mean": 70.0, "std": 2.0}, "m1": {"mean": 75.0, "std": 2.0},
-                               "m2": {"mean": 65.0, "std": 2.0}} for r in ("r1", "r2", "r3")}},
-    },
-}
+PUBLISHED = toy_hu19_published()   # test_report.PUBLISHED without its std_kind
 OUR_ACCURACIES = {   # (table, setting, method) -> test accuracies of seeds 0, 1, ...
     ("t1", "s1", "base"): [53.0, 57.0],          # 55 ± 2 vs 50 ± 3 -> FAIL
     ("t1", "s1", "m1"): [61.0, 63.0],            # 62 ± 1 vs 60 ± 3 -> OK
@@ -63,38 +56,12 @@ def toy(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "PAPER_MODULES", {"hu19": "papers.hu19.tables"})
     monkeypatch.setattr(report, "draw_figure", lambda *args: False)       # PNGs and the paper's own
     monkeypatch.setattr(report.markdown, "paper_sections", lambda *args: [])   # sections: test_report's
-    # the current config hash of every toy run is "h" (the real one needs the paper's configs)
-    monkeypatch.setattr(report.table_report, "current_hashes",
-                        lambda params, paper, profile, table, runs: {(r["setting"], r["method"], r["seed"]): "h"
-                                                                     for r in runs})
+    current_hashes_are_h(monkeypatch)
     monkeypatch.chdir(tmp_path)
-    for (table, setting, method), accuracies in OUR_ACCURACIES.items():
-        for seed, acc in enumerate(accuracies):
-            write_json_atomic(RunKey("hu19", table, setting, method, seed).path(tmp_path / "results", "cpu"), {
-                "paper": "hu19", "table": table, "setting": setting, "method": method, "seed": seed,
-                "profile": "cpu", "config_hash": "h", "git_sha": "a", "config": {}, "wall_s": 1.0,
-                "finished_at": "2024-01-01T00:00:00+00:00",
-                "metrics": {"test_acc": acc, "best_dev_acc": 0.0, "best_epoch": 1, "steps_at_best": 1}})
-    write_json_atomic(RunKey("hu19", "t1", "s1", "m1", 2).path(tmp_path / "results", "cpu"), {   # not counted
-        "paper": "hu19", "table": "t1", "setting": "s1", "method": "m1", "seed": 2, "profile": "cpu",
-        "config_hash": "old", "git_sha": "a", "config": {}, "wall_s": 1.0, "finished_at": "2024-01-01T00:00:00+00:00",
-        "metrics": {"test_acc": 0.0, "best_dev_acc": 0.0, "best_epoch": 1, "steps_at_best": 1},
-        "history": [{"phase": "train", "epoch": e, "dev_acc": 0.0} for e in (1, 2, 3, 4)]})
+    write_toy_results(tmp_path / "results", "hu19", OUR_ACCURACIES)
+    write_toy_result(tmp_path / "results", "hu19", "t1", "s1", "m1", 2, 0.0, config_hash="old",   # not counted
+                     history=[{"phase": "train", "epoch": e, "dev_acc": 0.0} for e in (1, 2, 3, 4)])
     return toy_params(tmp_path)
-
-
-def section(markdown: str, table: str) -> str:
-    return markdown.split(f"## {table}:")[1].split("\n## ")[0]
-
-
-def verdict_rows(markdown: str, table: str) -> dict[tuple[str, str], list[str]]:
-    """(setting label, method label) -> the remaining cells of a report table row."""
-    rows = {}
-    for line in section(markdown, table).splitlines():
-        cells = [c.strip() for c in line.strip("|").split(" | ")]
-        if line.startswith("| ") and cells[0] not in ("setting", "---"):
-            rows[(cells[0], cells[1])] = cells[2:]
-    return rows
 
 
 # (setting, method) of toy table t1 -> per seed, the train-phase dev accuracies by epoch

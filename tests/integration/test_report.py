@@ -23,22 +23,9 @@ from pipelines.reports import (
     table_deviations,
 )
 from tests.conftest import REPO
+from tests.integration.report_toys import section, toy_hu19_published, verdict_rows, write_toy_result
 
-PUBLISHED = {
-    "paper": "hu19", "citation": "A. Author. A Toy Paper. 2024.", "n": 4, "std_kind": "population std",
-    "tables": {
-        "t1": {"title": "Toy like-for-like table",
-               "settings": {"s1": {"label": "S one"}, "s2": {"label": "S two"}},
-               "methods": {"base": {"label": "Base"}, "m1": {"label": "Method one"}},
-               "results": {"s1": {"base": {"mean": 50.0, "std": 3.0}, "m1": {"mean": 60.0, "std": 3.0}},
-                           "s2": {"base": {"mean": 40.0, "std": 3.0}, "m1": {"mean": 45.0, "std": 3.0}}}},
-        "t2": {"title": "Toy deviating table",
-               "settings": {"r1": {"label": "R one"}, "r2": {"label": "R two"}, "r3": {"label": "R three"}},
-               "methods": {"base": {"label": "Base"}, "m1": {"label": "Up"}, "m2": {"label": "Down"}},
-               "results": {r: {"base": {"mean": 70.0, "std": 2.0}, "m1": {"mean": 75.0, "std": 2.0},
-                               "m2": {"mean": 65.0, "std": 2.0}} for r in ("r1", "r2", "r3")}},
-    },
-}
+PUBLISHED = toy_hu19_published(std_kind="population std")
 
 
 def toy_params(tmp_path) -> dict:
@@ -67,20 +54,14 @@ OUR_ACCURACIES = {
 def write_results(tmp_path, profile="cpu"):
     for (table, setting, method), accuracies in OUR_ACCURACIES.items():
         for seed, acc in enumerate(accuracies):
-            key = RunKey("hu19", table, setting, method, seed)
-            write_json_atomic(key.path(tmp_path / "results", profile), {
-                "paper": "hu19", "table": table, "setting": setting, "method": method, "seed": seed,
-                "profile": profile, "config_hash": "h", "git_sha": "bbb" if seed else "aaa", "config": {},
-                "metrics": {"test_acc": acc, "best_dev_acc": 0.0, "best_epoch": 1, "steps_at_best": 1},
-                "wall_s": 1800.0, "finished_at": "2024-01-01T00:00:00+00:00"})
+            write_toy_result(tmp_path / "results", "hu19", table, setting, method, seed, acc, profile=profile,
+                             git_sha="bbb" if seed else "aaa", wall_s=1800.0)
 
 
 def write_toy_run(tmp_path, method: str, seed: int, acc: float) -> None:
     """One extra cpu result of toy table t2, setting r1."""
-    write_json_atomic(RunKey("hu19", "t2", "r1", method, seed).path(tmp_path / "results", "cpu"), {
-        "paper": "hu19", "table": "t2", "setting": "r1", "method": method, "seed": seed, "profile": "cpu",
-        "config_hash": "h", "git_sha": "ccc", "config": {}, "wall_s": 10.0, "finished_at": "2024-01-01",
-        "metrics": {"test_acc": acc, "best_dev_acc": 0.0, "best_epoch": 1, "steps_at_best": 1}})
+    write_toy_result(tmp_path / "results", "hu19", "t2", "r1", method, seed, acc, git_sha="ccc", wall_s=10.0,
+                     finished_at="2024-01-01")
 
 
 @pytest.fixture
@@ -94,20 +75,6 @@ def toy(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_results(tmp_path)
     return toy_params(tmp_path)
-
-
-def section(markdown: str, table: str) -> str:
-    return markdown.split(f"## {table}:")[1].split("\n## ")[0]
-
-
-def verdict_rows(markdown: str, table: str) -> dict[tuple[str, str], list[str]]:
-    """(setting label, method label) -> the remaining cells of a report table row."""
-    rows = {}
-    for line in section(markdown, table).splitlines():
-        cells = [c.strip() for c in line.strip("|").split(" | ")]
-        if line.startswith("| ") and cells[0] not in ("setting", "---"):
-            rows[(cells[0], cells[1])] = cells[2:]
-    return rows
 
 
 def test_seed_stats_population_std_and_failed_runs():
@@ -311,13 +278,9 @@ def test_figure2_section_from_the_lowest_seed(toy, tmp_path):
     toy["hu19"]["profiles"] = {p: {"table1" if t == "t1" else t: c for t, c in v.items()}
                                for p, v in toy["hu19"]["profiles"].items()}
     for seed, word in ((1, "later"), (0, "first")):
-        key = RunKey("hu19", "table1", "s1", "ours_aug", seed)
-        write_json_atomic(key.path(tmp_path / "results", "cpu"), {
-            "paper": "hu19", "table": "table1", "setting": "s1", "method": "ours_aug", "seed": seed, "profile": "cpu",
-            "config_hash": "h", "git_sha": "a", "config": {}, "wall_s": 1.0, "finished_at": "2024-01-01T00:00:00+00:00",
-            "metrics": {"test_acc": 50.0, "best_dev_acc": 0.0, "best_epoch": 1, "steps_at_best": 1},
-            "figure2": {"sentence": "s .", "label": 1, "epoch_0": {"striking": [word] * 5},
-                        "epoch_1": {"striking": ["x"] * 5}, "epoch_3": {"striking": ["y"] * 5}}})
+        write_toy_result(tmp_path / "results", "hu19", "table1", "s1", "ours_aug", seed, 50.0,
+                         figure2={"sentence": "s .", "label": 1, "epoch_0": {"striking": [word] * 5},
+                                  "epoch_1": {"striking": ["x"] * 5}, "epoch_3": {"striking": ["y"] * 5}})
     report.write_reports(toy, "cpu")
     text = (tmp_path / "reports" / "hu19.md").read_text()
     assert "Figure 2 analog" in text and "seed 0)" in text

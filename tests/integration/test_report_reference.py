@@ -14,14 +14,13 @@ import yaml
 
 import pipelines.reports as report
 from common.config import config_hash, load_params
-from common.io import write_json_atomic
-from common.run.results import RunKey
 from pipelines import cli
 from pipelines.grid import table_configs
 from pipelines.papers import PAPER_MODULES
 from pipelines.reports.markdown import RULE_ORDERING
 from pipelines.reports.stats import Stats, Verdict, like_for_like_verdict, ordering_verdict
 from tests.conftest import REPO
+from tests.integration.report_toys import current_hashes_are_h, section, verdict_rows, write_toy_results
 
 PAPER = "toyref"
 PUBLISHED = {
@@ -74,32 +73,10 @@ def toy(tmp_path, monkeypatch):
     write_published(tmp_path, PUBLISHED)
     monkeypatch.setattr(report, "PAPERS_DIR", tmp_path / "papers")
     monkeypatch.setattr(report, "PAPER_MODULES", {PAPER: "papers.mmel.tables"})
-    # the current config hash of every toy run is "h" (the real one needs a registered paper's configs)
-    monkeypatch.setattr(report.table_report, "current_hashes",
-                        lambda params, paper, profile, table, runs: {(r["setting"], r["method"], r["seed"]): "h"
-                                                                     for r in runs})
+    current_hashes_are_h(monkeypatch)
     monkeypatch.chdir(tmp_path)
-    for (table, setting, method), accuracies in OUR_ACCURACIES.items():
-        for seed, acc in enumerate(accuracies):
-            write_json_atomic(RunKey(PAPER, table, setting, method, seed).path(tmp_path / "results", "cpu"), {
-                "paper": PAPER, "table": table, "setting": setting, "method": method, "seed": seed,
-                "profile": "cpu", "config_hash": "h", "git_sha": "a", "config": {}, "wall_s": 1.0,
-                "finished_at": "2024-01-01T00:00:00+00:00",
-                "metrics": {"test_acc": acc, "best_dev_acc": 0.0, "best_epoch": 1, "steps_at_best": 1}})
+    write_toy_results(tmp_path / "results", PAPER, OUR_ACCURACIES)
     return toy_params(tmp_path)
-
-
-def section(markdown: str, table: str) -> str:
-    return markdown.split(f"## {table}:")[1].split("\n## ")[0]
-
-
-def verdict_rows(markdown: str, table: str) -> dict[tuple[str, str], list[str]]:
-    rows = {}
-    for line in section(markdown, table).splitlines():
-        cells = [c.strip() for c in line.strip("|").split(" | ")]
-        if line.startswith("| ") and cells[0] not in ("setting", "---"):
-            rows[(cells[0], cells[1])] = cells[2:]
-    return rows
 
 
 # ------------------------------------------------------------------------------------------ the rules

@@ -16,10 +16,9 @@ import pytest
 import yaml
 
 from common.config import config_hash, load_params
-from pipelines import cli
 from pipelines.grid import table_configs
 from pipelines.verify import RunCheck, cell_verdict, estimate_seconds, first_difference
-from tests.conftest import REPO
+from tests.conftest import REPO, repro, tree
 
 CELL = "smoke/hu19/table2/not_pretrained/base"
 
@@ -35,18 +34,6 @@ def write_params(work: Path, mirror: str, seeds: int = 2) -> Path:
     path = work / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     return path
-
-
-def tree(root: Path) -> dict[str, bytes]:
-    if not root.exists():
-        return {}
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def repro(capsys, *argv) -> tuple[int, str, str]:
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_clear_error(code: int, err: str, pattern: str) -> None:

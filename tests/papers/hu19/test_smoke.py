@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-from common.config import load_params
 from common.errors import ResultConflictError
 from common.meta.lookahead import reference_meta_gradient
 from common.train.batches import ArrayData, Batch
@@ -17,12 +16,8 @@ from tests.conftest import REPO
 
 
 @pytest.fixture
-def params(tmp_path, mirror):
-    p = load_params(REPO / "params.yaml")
-    p["base"].update(results_dir=str(tmp_path / "results"), splits_dir=str(tmp_path / "splits"),
-                     tracking_uri="none", data_mirror=mirror, profile="smoke")
-    p["base"]["runner"].update(workers=1)
-    return p
+def params(smoke_params):
+    return smoke_params
 
 
 @pytest.mark.parametrize("table", ["table2", "table4"])

@@ -24,12 +24,8 @@ class Interrupt(Exception):
 
 
 @pytest.fixture
-def params(tmp_path, mirror):
-    p = load_params(REPO / "params.yaml")
-    p["base"].update(results_dir=str(tmp_path / "results"), splits_dir=str(tmp_path / "splits"),
-                     tracking_uri="none", data_mirror=mirror, profile="smoke")
-    p["base"]["runner"].update(workers=1)
-    return p
+def params(smoke_params):
+    return smoke_params
 
 
 def smoke_config(method="mmel_h", table="table1", **overrides):
