@@ -76,7 +76,8 @@ def write_paper_report(params: dict, profile: str, paper: str, published: dict,
     benchmarks = sorted((REPORTS_DIR / "benchmarks").glob(f"{paper}_*.json"))
     text_results = [r for r in results if r.get("config", {}).get("mlm_dir")]   # runs whose augmenter used the MLM
     mlm_path = REPORTS_DIR / "mlm" / f"{profile}.json" if text_results else None
-    mlm_used = Counter((r.get("mlm") or {}).get("weights_sha256") for r in text_results)
+    mlm_used = Counter((r.get("mlm") or {}).get("weights_sha256") for rep in reports for r in rep.runs
+                       if r.get("config", {}).get("mlm_dir"))              # counted results only
     report_path.write_text(render_paper_report(published, profile, sections("figures/"), reports, benchmarks,
                                                mlm_path, dict(mlm_used)))
     readme = papers_dir / paper / "README.md"

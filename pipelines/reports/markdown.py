@@ -240,7 +240,9 @@ def mlm_identity_lines(mlm: dict, used: dict[str | None, int]) -> list[str]:
         what = ("this MLM" if sha is not None and sha == committed else
                 "an MLM whose hash was not recorded (results from before identities were kept)" if sha is None else
                 f"another MLM, `{sha[:12]}`")
-        lines.append(f"- {n} text result(s) used {what}.")
+        lines.append(f"- {n} counted text result(s) used {what}.")
+    if not used:
+        lines.append("- No counted text result used an MLM yet.")
     return [*lines, ""]
 
 

@@ -2,6 +2,7 @@
 import os
 import shutil
 import subprocess
+import time
 
 import yaml
 
@@ -59,7 +60,9 @@ def test_dvc_repro_smoke_end_to_end(tmp_path, mirror):
     assert "| 20 : 1000 | Ours: fine-tuned augmentation | around 50 (random guess) |" in report
     assert (work / "artifacts/mlm/smoke/mlm_report.json").exists(), "the MLM stage ran"
     assert "## Performance: text" in report
-    assert (work / "reports/mlm/smoke.json").exists() and "## The MLM the text augmenter starts from" in report
+    # the stage's MLM and its report exist; smoke text runs use tiny-random-bert's own head (mlm_dir: null),
+    # so the report describes no MLM (it does when counted text results used one)
+    assert (work / "reports/mlm/smoke.json").exists() and "## The MLM the text augmenter starts from" not in report
     assert any(r.data.tags.get("stage") == "aggregate" for r in runs)
 
     again = subprocess.run(["dvc", "repro"], cwd=work, capture_output=True, text=True, timeout=600, env=env)
@@ -76,8 +79,10 @@ def test_dvc_repro_smoke_end_to_end(tmp_path, mirror):
     clone = tmp_path / "clone"
     git("clone", "-q", str(work), str(clone), cwd=tmp_path)
     assert not (clone / "artifacts").exists()
+    started = time.monotonic()
     fresh = subprocess.run(["dvc", "repro"], cwd=clone, capture_output=True, text=True, timeout=600,
                            env={**env, "PYTHONPATH": str(clone)})
+    assert time.monotonic() - started < 300, "the README promises the fresh-clone main job in minutes"
     output = fresh.stdout + fresh.stderr
     assert fresh.returncode == 0, output[-3000:]
     assert "Running stage" not in output and "didn't change, skipping" in output, output[-3000:]
