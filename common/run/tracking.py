@@ -79,6 +79,12 @@ class _Parent:
     want_end: int      # the latest end of a child logged under it (stored by `_flush_parents`)
 
 
+# HTTP tracking servers: few, short retries, so a run that finishes while the server is down logs a
+# warning within seconds (tracking never fails a run); set the variables yourself to override.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
 class Tracker:
     def __init__(self, uri: str):
         self.uri = uri
@@ -92,6 +98,9 @@ class Tracker:
     def client(self):
         if self._client is None:
             os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+            if self.uri.startswith(("http://", "https://")):   # a down server: a warning in seconds, not minutes
+                for key, value in HTTP_DEFAULTS.items():      # (MLflow's own: 7 retries, backoff 2, 120 s timeout)
+                    os.environ.setdefault(key, value)
             logging.getLogger("alembic").setLevel(logging.WARNING)
             from mlflow.tracking import MlflowClient
 

@@ -205,3 +205,27 @@ def test_disabled_tracker_logs_nothing(tmp_path, monkeypatch, caplog):
     enabled.log_result(fake_result(0))
     enabled.log_table("hu19", "table2", "smoke", [], [report])
     assert calls == ["MlflowClient", "MlflowClient"]    # each attempt stops at its first mlflow call
+
+
+def test_a_down_tracking_server_costs_seconds_not_minutes(monkeypatch, caplog):
+    """MLflow retries an HTTP call 7 times with exponential backoff by default (minutes per call); the
+    tracker sets short defaults for http URIs (a user's own settings win), so a run finishing while the
+    server is down logs a warning quickly."""
+    import os
+    import socket
+    import time
+
+    from common.run.tracking import HTTP_DEFAULTS
+    for key in HTTP_DEFAULTS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")                # a user's own value is kept
+    with socket.socket() as probe:                                         # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    tracker = Tracker(f"http://127.0.0.1:{port}")
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, "repro.tracking"):
+        assert not tracker.log_result(fake_result(0))
+    assert time.monotonic() - started < 30
+    assert "MLflow logging failed" in caplog.text
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2" and os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "20"
