@@ -79,7 +79,7 @@ def swirl(x: Tensor, gen: torch.Generator) -> Tensor:
 
 
 def _gaussian_blur(t: Tensor, sigma: float) -> Tensor:
-    radius = int(math.ceil(3 * sigma))
+    radius = math.ceil(3 * sigma)
     k = torch.exp(-torch.arange(-radius, radius + 1, dtype=t.dtype) ** 2 / (2 * sigma ** 2))
     k = k / k.sum()
     c = t.shape[1]

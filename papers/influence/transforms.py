@@ -37,6 +37,7 @@ Choices the paper leaves open (README repeats them; every one is a params.yaml k
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -174,7 +175,7 @@ class Generator(nn.Module):
         widths = arch.widths[::-1]
         self.inp = nn.Linear(tau_dim, widths[0] * arch.base ** 2)
         ups = []
-        for a, b in zip(widths[:-1], widths[1:]):
+        for a, b in itertools.pairwise(widths):
             ups += [nn.ConvTranspose2d(a, b, 4, stride=2, padding=1), nn.ReLU()]
         self.ups = nn.Sequential(*ups)
         self.last = nn.ConvTranspose2d(widths[-1], SPATIAL_CHANNELS + appearance_channels(arch.channels), 4, 1, 1)

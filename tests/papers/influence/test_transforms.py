@@ -100,7 +100,7 @@ def test_encoder_learns_to_lower_aug_influence_through_fixed_f_and_g():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < losses[0]
     assert all(p.grad is None for p in g.parameters())      # G stays fixed
 
