@@ -27,6 +27,7 @@ from common.errors import ConfigError
 PAPER_MODULES = {
     "hu19": "papers.hu19.tables",
     "mmel": "papers.mmel.tables",
+    "metaaugment": "papers.metaaugment.tables",
     "influence": "papers.influence.tables",
 }
 ALL_PAPERS = ("hu19", "mmel", "metaaugment", "influence")   # the scoreboard's rows, registered or not yet
