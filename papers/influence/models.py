@@ -34,11 +34,12 @@ class AllConvCNN(nn.Module):
 
 
 class Classifier(nn.Module):
-    """F on images in [0, 1]: per-channel (x - mean) / std, then `net` (which has a top `fc` layer)."""
+    """F on images in [0, 1]: per-channel (x - mean) / std, then `net` (which has a top `fc` layer), in the
+    channels_last memory format (measured faster for these convolutions on CPU)."""
 
     def __init__(self, net: nn.Module, mean, std):
         super().__init__()
-        self.net = net
+        self.net = net.to(memory_format=torch.channels_last)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
@@ -47,7 +48,7 @@ class Classifier(nn.Module):
         return self.net.fc
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net((x - self.mean) / self.std)
+        return self.net(((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last))
 
     def features(self, x: Tensor) -> Tensor:
         """The input of the top fully connected layer (differentiable in x)."""

@@ -83,6 +83,7 @@ DATASET = {"table1": "mnist", "table2": "cifar10"}
 # ------------------------------------------------------------------------------------------ params
 class Setting(Block):
     train_per_class: OptionalPosInt            # labelled train images per class; null: all outside the dev pool
+    epochs: PosInt = None                      # overrides the table's epochs (1% of the labels: few steps an epoch)
 
 
 class Affine(Block):
@@ -116,9 +117,10 @@ class Transform(Block):
 
 
 class EncoderCfg(Block):
-    """Alg. 1's encoder rounds (training.AugmentStep)."""
-    warmup_epochs: NonNegInt
-    round_epochs: PosInt
+    """Alg. 1's encoder rounds (training.AugmentStep): `rounds` rounds, evenly spaced after the first
+    `warmup_fraction` of the epochs (so one block serves settings with different epoch counts)."""
+    warmup_fraction: Float(ge=0, lt=1)
+    rounds: PosInt
     steps: PosInt
     batch_size: PosInt
     lr: PosFloat
@@ -141,6 +143,7 @@ class InfluenceTable(TableBlock):
     dev_per_class: PosInt                      # z^val of the influence (and the monitored dev accuracy)
     dev_pool_size: PosInt                      # the last dev_pool_size train rows; dev is drawn there
     test_limit: OptionalPosInt = None
+    dev_monitor: OptionalPosInt = None         # per-epoch dev accuracy on the first n dev images (null: all)
     arch: Str()
     batch_size: PosInt
     epochs: PosInt
@@ -167,8 +170,9 @@ class InfluenceTable(TableBlock):
         if self.arch != "cnn4" and not (self.arch.startswith("resnet") and self.arch[6:].isdigit()
                                         and int(self.arch[6:]) >= 8 and (int(self.arch[6:]) - 2) % 6 == 0):
             fail("arch", f"expected 'cnn4' or 'resnet<6n+2>' (e.g. resnet20, resnet56), got {self.arch!r}")
-        if self.milestones != sorted(self.milestones) or (self.milestones and self.milestones[-1] >= self.epochs):
-            fail("milestones", f"expected increasing epochs < epochs ({self.epochs}), got {self.milestones}")
+        shortest = min([self.epochs, *(s.epochs for s in self.settings.values() if s.epochs)])
+        if self.milestones != sorted(self.milestones) or (self.milestones and self.milestones[-1] >= shortest):
+            fail("milestones", f"expected increasing epochs < epochs ({shortest}), got {self.milestones}")
         require(self, ["betas"] if self.optimizer == "adam" else ["momentum"], needed_by=[f"optimizer {self.optimizer}"])
         if "heuristic" in self.methods:
             require(self, ["heuristic_ops", "heuristic_length"], needed_by=["heuristic"])
@@ -199,6 +203,7 @@ def run_configs(table: str, cfg: dict, profile: str) -> list[dict[str, Any]]:
 
 def run_config(table: str, setting: str, method: str, seed: int, cfg: InfluenceTable, profile: str) -> dict:
     per_class = cfg.settings[setting].train_per_class
+    epochs = cfg.settings[setting].epochs or cfg.epochs
     optimizer = {"name": cfg.optimizer, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
                  **({"betas": list(cfg.betas)} if cfg.optimizer == "adam" else {"momentum": cfg.momentum})}
     config = {
@@ -207,7 +212,7 @@ def run_config(table: str, setting: str, method: str, seed: int, cfg: InfluenceT
         "data_seed": split_data_seed(cfg.protocol, cfg.data_seed, seed), "classes": list(range(NUM_CLASSES)),
         "train_counts": None if per_class is None else [per_class] * NUM_CLASSES,
         "dev_per_class": cfg.dev_per_class, "dev_pool_size": cfg.dev_pool_size, "test_limit": cfg.test_limit,
-        "batch_size": cfg.batch_size, "epochs": cfg.epochs, "optimizer": optimizer,
+        "dev_monitor": cfg.dev_monitor, "batch_size": cfg.batch_size, "epochs": epochs, "optimizer": optimizer,
         "milestones": list(cfg.milestones), "lr_decay": cfg.lr_decay, "selection": cfg.selection,
     }
     if method != "none":
@@ -349,8 +354,10 @@ def execute(config: dict, mirror: str | None, on_epoch: Callable[[dict], None] |
     step = AugmentStep(config["method"], model, optimizer, schedule, crop_pad=config.get("crop_pad", 0),
                        flip=config.get("flip", False), heuristic_ops=config.get("heuristic_ops", []),
                        heuristic_length=config.get("heuristic_length", 0), seed=1_000_003 * (seed + 1),
-                       generator=g, encoder=e, encoder_cfg=config.get("encoder"), train=train, dev=dev)
-    fit = fit_with_dev_selection(model, train, dev, test, batch_size=config["batch_size"], epochs=config["epochs"],
+                       generator=g, encoder=e, encoder_cfg=config.get("encoder"), train=train, dev=dev,
+                       epochs=config["epochs"])
+    monitor = dev if config["dev_monitor"] is None else ArrayData(dev.x[:config["dev_monitor"]], dev.y[:config["dev_monitor"]])
+    fit = fit_with_dev_selection(model, train, monitor, test, batch_size=config["batch_size"], epochs=config["epochs"],
                                  step=step, seed_generator=torch.Generator().manual_seed(seed),
                                  min_epochs=config["epochs"] - 1 if config["selection"] == "last" else 0,
                                  on_epoch=on_epoch, stateful={"optimizer": optimizer, "step": step},

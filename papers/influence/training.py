@@ -8,9 +8,9 @@ Methods (Sec. 5.2-5.3):
                and E trained to minimise the mean I_aug of its samples (Eq. 15, 19; last-layer form of Sec. 3.4)
                through the current, fixed F; F trains on the originals and their x~ (2B images).
 
-Alg. 1 is not in the text we have, so its schedule is ours (README): `warmup_epochs` epochs on the originals
-only (the influence of an untrained F says nothing), then an encoder round at the start of every
-`round_epochs`-th epoch: s_val = (H + damping I)^-1 grad L(z^val) on F's top layer (H over the train
+Alg. 1 is not in the text we have, so its schedule is ours (README): the first `warmup_fraction` of the
+epochs on the originals only (the influence of an untrained F says nothing), then `rounds` encoder rounds,
+each at the start of an epoch, evenly spaced over the rest (`round_epochs`): s_val = (H + damping I)^-1 grad L(z^val) on F's top layer (H over the train
 originals' features, z^val the dev split), then `encoder.steps` Adam steps on E (Appendix B: lr 0.01,
 betas (0.9, 0.99), batch 128) with F and G fixed; s_val stays fixed within the round (Sec. 3.4). E persists
 across rounds. The originals are never dropped (Sec. 3.3: "it does not mean that original samples are excluded").
@@ -62,7 +62,7 @@ class AugmentStep:
     def __init__(self, method: str, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: StepSchedule, *,
                  crop_pad: int, flip: bool, heuristic_ops: list[str], heuristic_length: int, seed: int,
                  generator: Generator | None = None, encoder: Encoder | None = None, encoder_cfg: dict | None = None,
-                 train: ArrayData | None = None, dev: ArrayData | None = None):
+                 train: ArrayData | None = None, dev: ArrayData | None = None, epochs: int = 1):
         if method not in METHODS:
             raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
         if method == "proposed" and (generator is None or encoder is None or train is None or dev is None):
@@ -74,17 +74,21 @@ class AugmentStep:
         self.g, self.e, self.ecfg, self.train, self.dev = generator, encoder, encoder_cfg or {}, train, dev
         self.e_opt = (torch.optim.Adam(encoder.parameters(), lr=self.ecfg["lr"], betas=tuple(self.ecfg["betas"]))
                       if encoder is not None else None)
-        self.steps = 0
+        self.steps, self.epochs = 0, int(epochs)
         self.rounds: list[dict] = []
 
     # ------------------------------------------------------------------------------ Alg. 1, encoder
+    def round_epochs(self, epochs: int) -> list[int]:
+        """0-based epochs at whose start an encoder round runs: `rounds` evenly spaced after the warmup."""
+        warm = round(self.ecfg["warmup_fraction"] * epochs)
+        k = self.ecfg["rounds"]
+        return sorted({min(warm + round(i * (epochs - warm) / k), epochs - 1) for i in range(k)})
+
     def _round_due(self) -> bool:
         if self.method != "proposed":
             return False
         spe = self.schedule.steps_per_epoch
-        epoch = self.steps // spe
-        warm, every = self.ecfg["warmup_epochs"], self.ecfg["round_epochs"]
-        return self.steps % spe == 0 and epoch >= warm and (epoch - warm) % every == 0
+        return self.steps % spe == 0 and self.steps // spe in self.round_epochs(self.epochs)
 
     def fit_encoder(self) -> dict:
         """One encoder round: s_val on F's top layer, then encoder.steps Adam steps on mean I_aug."""

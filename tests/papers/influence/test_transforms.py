@@ -140,3 +140,11 @@ def test_critic_and_encoder_shapes_follow_appendix_a():
         assert Encoder(arch)(x).shape == (2, 128) and Encoder(arch)(x).abs().max() < 1
         assert Critic(arch, arch.channels)(x).shape == (2,)
         assert sum(isinstance(m, nn.Conv2d) for m in Encoder(arch).modules()) == n_conv
+
+
+def test_separable_smoothing_equals_2d_average_pooling():
+    from papers.influence.transforms import smooth
+    m = torch.randn(2, 8, 28, 28, dtype=torch.float64)
+    ref = torch.nn.functional.avg_pool2d(m, 7, stride=1, padding=3, count_include_pad=False)
+    assert torch.allclose(smooth(m, 7), ref, atol=1e-12)
+    assert torch.equal(smooth(m, 1), m)
