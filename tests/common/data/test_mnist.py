@@ -69,3 +69,14 @@ def test_bad_contents_past_the_checksum(tmp_path, monkeypatch):
     root = write_mirror(tmp_path / "d", small(), small())
     with pytest.raises(DataError, match="MNIST train: expected 60000 images, got 5"):
         mnist.load_mnist(str(root))
+
+
+def test_no_mirror_and_no_network_is_a_data_error(monkeypatch):
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
+    with pytest.raises(DataError, match=r"MNIST: REPRO_DATA_MIRROR is not set and downloading the official files "
+                                        r"failed \(OSError: network unreachable\); set REPRO_DATA_MIRROR"):
+        mnist.load_mnist(None)
