@@ -1,0 +1,205 @@
+"""metaaugment tables: run configs, the method steps, smoke runs through the runner, resume, bad inputs."""
+import json
+
+import pytest
+import torch
+import yaml
+
+from common.augment.image_ops import FILL, apply_op, check_magnitudes, op_index
+from common.config import load_params
+from common.errors import ConfigError
+from papers.metaaugment import tables
+from papers.metaaugment.image_step import CosineSchedule, background_ops, channel_moments
+from papers.metaaugment.policy import TransformationSampler
+from pipelines import cli
+from pipelines.grid import run_tables, table_configs
+from tests.conftest import REPO
+
+
+class Interrupt(Exception):
+    pass
+
+
+def smoke_config(method="metaaugment", table="table3", **overrides):
+    p = load_params(REPO / "params.yaml")
+    config = next(c for c in table_configs(p, "metaaugment", "smoke", table) if c["method"] == method and c["seed"] == 0)
+    return {**config, **overrides}
+
+
+# ------------------------------------------------------------------------------------------ configs
+def test_paper_profile_is_the_papers_protocol():
+    p = load_params(REPO / "params.yaml")
+    t1 = {(c["setting"], c["method"]): c for c in table_configs(p, "metaaugment", "paper", "table1") if c["seed"] == 0}
+    assert {s for s, _ in t1} == {"cifar10_wrn28_10", "cifar10_wrn40_2", "cifar100_wrn28_10", "cifar100_wrn40_2"}
+    meta = t1[("cifar10_wrn28_10", "metaaugment")]
+    assert meta["dev_per_class"] * meta["num_classes"] == 1000 == t1[("cifar100_wrn28_10", "baseline")]["dev_per_class"] * 100
+    assert meta["policy"]["eps"] == 0.1 and meta["policy"]["embedding"] and meta["policy"]["features"] == "share"
+    assert "policy" not in t1[("cifar10_wrn28_10", "randaugment")]
+    omni = [c for c in table_configs(p, "metaaugment", "paper", "table3") if c["seed"] == 0]
+    assert {c["setting"] for c in omni} == {"omniglot_wrn28_10", "omniglot_wrn40_2"}
+    assert all((c["dev_per_class"], c["test_per_class"], c["image_size"]) == (2, 3, 105) for c in omni)
+    ablation = {c["method"]: c for c in table_configs(p, "metaaugment", "paper", "table5") if c["seed"] == 0}
+    assert ablation["metaaugment_ote"]["policy"]["embedding"] is False
+    assert ablation["metaaugment_ownfe"]["policy"]["features"] == "own"
+
+
+def test_cpu_plan_has_three_seeds_and_the_reduced_cifar10():
+    p = load_params(REPO / "params.yaml")
+    for table, methods in (("table1", {"baseline", "randaugment", "metaaugment"}),
+                           ("table3", {"baseline", "randaugment", "metaaugment"}),
+                           ("table5", {"metaaugment_ote", "metaaugment_ownfe", "metaaugment"})):
+        configs = table_configs(p, "metaaugment", "cpu", table)
+        assert {c["method"] for c in configs} == methods and len(configs) == 3 * 3
+    c = table_configs(p, "metaaugment", "cpu", "table1")[0]
+    assert (c["train_per_class"], c["dev_per_class"], c["arch"]) == (400, 100, "resnet20")
+    o = table_configs(p, "metaaugment", "cpu", "table3")[0]
+    assert (o["image_size"], o["arch"], o["dev_per_class"], o["test_per_class"]) == (28, "resnet8", 2, 3)
+
+
+# ------------------------------------------------------------------------------------ method pieces
+def test_cosine_schedule_and_channel_moments():
+    s = CosineSchedule(0.1, 10)
+    assert s.lr_at(0) == 0.1 and s.lr_at(5) == pytest.approx(0.05) and s.lr_at(10) == 0.0 and s.lr_at(20) == 0.0
+    images = torch.tensor([[[0, 255], [255, 0]]], dtype=torch.uint8).numpy()
+    assert channel_moments(images) == ([127.5], [127.5])
+
+
+def test_omniglot_ops_fill_with_background_not_grey():
+    x = torch.zeros(3, 1, 28, 28, dtype=torch.uint8)
+    x[:, :, 10:18, 10:18] = 255
+    j = torch.tensor([op_index("TranslateX"), op_index("Rotate"), op_index("Identity")])
+    k = torch.tensor([op_index("Identity"), op_index("Identity"), op_index("Brightness")])
+    m = torch.tensor([10.0, 10.0, 0.0])
+    plain = apply_op(apply_op(x, j, m), k, m)
+    out = background_ops(x, j, k, m, m)
+    assert (plain == FILL).any() and not (out == FILL).any()
+    assert torch.equal(out[2], plain[2]) and torch.equal(out[0][plain[0] != FILL], plain[0][plain[0] != FILL])
+
+
+# -------------------------------------------------------------------------------------- smoke runs
+def test_every_method_runs_through_the_runner(smoke_params, tmp_path):
+    report = run_tables(smoke_params, "metaaugment", "smoke", ["table3", "table5"], seed=0)
+    assert not report.failed and len(report.done) == 3 + 3
+    for table, methods in (("table3", ["baseline", "randaugment", "metaaugment"]),
+                           ("table5", ["metaaugment_ote", "metaaugment_ownfe", "metaaugment"])):
+        for method in methods:
+            result = json.loads((tmp_path / "results/smoke/metaaugment" / table / "omniglot_resnet8" / method /
+                                 "seed0.json").read_text())
+            m = result["metrics"]
+            assert 0 <= m["test_acc"] <= 100 and (m["n_train"], m["n_dev"], m["n_test"]) == (150, 20, 30)
+            assert m["best_epoch"] == result["config"]["epochs"] == len(result["history"]), "selection: last"
+            if method.startswith("metaaugment"):
+                probs = torch.tensor(m["sampler_probs"])
+                assert probs.shape == (14, 14) and abs(float(probs.sum()) - 1) < 1e-4
+                assert float(probs.min()) >= 0.1 / 196 - 1e-6          # eps = 0.1 of uniform mass (Eq. 5)
+                assert m["alpha_final"] > 0 and len(m["alpha_trace"]) >= 1
+    again = run_tables(smoke_params, "metaaugment", "smoke", ["table3"], seed=0)
+    assert len(again.skipped) == 3 and not again.done
+
+
+def test_same_seed_same_numbers(mirror):
+    config = smoke_config("metaaugment", epochs=1)
+    assert tables.execute(config, mirror)["metrics"] == tables.execute(config, mirror)["metrics"]
+
+
+def test_resume_after_a_kill_between_epochs(tmp_path, mirror):
+    config = smoke_config("metaaugment")
+    reference = tables.execute(config, mirror)
+    ckpt = tmp_path / "run.pt"
+    done = []
+
+    def killed_after_first_epoch(row):
+        done.append(row["epoch"])
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        tables.execute(config, mirror, on_epoch=killed_after_first_epoch, checkpoint_path=ckpt)
+    assert done == [1] and ckpt.exists()
+    resumed = tables.execute(config, mirror, checkpoint_path=ckpt)
+    assert resumed["metrics"] == reference["metrics"] and resumed["history"] == reference["history"]
+
+
+def test_prepare_writes_and_checks_the_split(mirror, tmp_path):
+    config = smoke_config("baseline")
+    path = tmp_path / "split.json"
+    tables.prepare_split(config, mirror, path)
+    record = json.loads(path.read_text())
+    assert record["counts"] == {"train": 150, "dev": 20, "test": 30}
+    assert not set(record["train"]) & set(record["dev"]) and not set(record["dev"]) & set(record["test"])
+    tables.prepare_split(config, mirror, path)                        # same spec: accepted
+    with pytest.raises(Exception, match="prepared split differs"):
+        tables.prepare_split({**config, "data_seed": 1}, mirror, path)
+
+
+def test_paper_profile_rows_without_data_are_a_clear_error(mirror, tmp_path):
+    p = load_params(REPO / "params.yaml")
+    for table, setting in (("table1", "cifar100_wrn28_10"), ("table4", "imagenet_resnet50")):
+        config = next(c for c in table_configs(p, "metaaugment", "paper", table) if c["setting"] == setting)
+        with pytest.raises(ConfigError, match=f"dataset '{setting.split('_')[0]}' \\({setting}\\): no loader in "
+                                              "common/data"):
+            tables.prepare_split(config, mirror, tmp_path / "s.json")
+
+
+# -------------------------------------------------------------------------------------- bad inputs
+def test_unknown_op_and_magnitude_out_of_range():
+    with pytest.raises(ValueError, match="unknown image op 'Rotation'; expected one of AutoContrast, Equalize"):
+        op_index("Rotation")
+    with pytest.raises(ValueError, match=r"magnitude must lie in \[-10, 10\], got 11"):
+        check_magnitudes(torch.tensor([3.0, 11.0]))
+    with pytest.raises(ValueError, match=r"magnitude must lie in \[-10, 10\], got 11"):
+        apply_op(torch.zeros(2, 1, 4, 4, dtype=torch.uint8), op_index("Rotate"), 11.0)
+
+
+@pytest.mark.parametrize("eps", [-0.1, 1.5])
+def test_eps_outside_unit_interval_in_the_sampler(eps):
+    with pytest.raises(ValueError, match=r"eps must be a number in \[0, 1\] \(Eq. 5\)"):
+        TransformationSampler(eps=eps, r=1, s=1)
+
+
+def _set(table, key, value):
+    def mutate(p):
+        block = p["metaaugment"]["profiles"]["smoke"][table]
+        if value is _DROP:
+            block.pop(key)
+        else:
+            block[key] = value
+    return mutate
+
+
+_DROP = object()
+PARAMS_ERRORS = [
+    pytest.param(_set("table3", "eps", 1.5), "table3.eps: expected a number >= 0 and <= 1, got 1.5", id="eps-above-1"),
+    pytest.param(_set("table1", "eps", -0.1), "table1.eps: expected a number >= 0 and <= 1, got -0.1",
+                 id="eps-negative"),
+    pytest.param(_set("table3", "eps", _DROP), "table3.eps: missing (expected a number; needed by metaaugment)",
+                 id="eps-missing"),
+    pytest.param(_set("table5", "alpha_init", 0.0), "table5.alpha_init: expected a number > 0, got 0.0",
+                 id="alpha-zero"),
+    pytest.param(_set("table3", "meta_gradient", "hessian"), "table3.meta_gradient: 'hessian'; expected one of "
+                 "['jvp', 'double_backward']", id="meta-gradient-unknown"),
+    pytest.param(_set("table1", "settings", {"cifar10_shakeshake26_2x96d": {}}),
+                 "table1.settings.cifar10_shakeshake26_2x96d: no model for 'shakeshake26_2x96d' in common/models",
+                 id="setting-without-model"),
+    pytest.param(_set("table3", "test_per_class", _DROP), "table3.test_per_class: missing (expected int; "
+                 "Omniglot's test drawings per character", id="omniglot-without-test-count"),
+    pytest.param(_set("table3", "image_size", 128), "table3.image_size: expected <= 105", id="image-size-too-big"),
+    pytest.param(_set("table1", "methods", ["baseline", "autoaugment"]), "table1.methods: unknown method(s) "
+                 "['autoaugment'] for table1", id="method-unknown"),
+    pytest.param(_set("table3", "meta_gradient", "double_backward"), None, id="double-backward-ok"),
+]
+
+
+@pytest.mark.parametrize("mutate, message", PARAMS_ERRORS)
+def test_bad_params_are_errors_naming_the_key(tmp_path, capsys, mutate, message):
+    p = load_params(REPO / "params.yaml")
+    p["base"].update(results_dir=str(tmp_path / "results"), splits_dir=str(tmp_path / "splits"), tracking_uri="none")
+    mutate(p)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(p, sort_keys=False))
+    code = cli.main(["--params", str(path), "run", "--paper", "metaaugment", "--profile", "smoke", "--dry-run"])
+    err = capsys.readouterr().err
+    if message is None:
+        assert code == 0, err
+        return
+    assert code == 2 and err.count("error:") == 1 and "Traceback" not in err
+    assert f"error: params.yaml: metaaugment.profiles.smoke.{message}" in err, err
