@@ -19,7 +19,6 @@ sample of the training indices.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +28,6 @@ from common.config_models import (
     Block,
     Bool,
     Float,
-    Int,
     List,
     Mapping,
     NonNegFloat,

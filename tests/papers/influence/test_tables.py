@@ -52,7 +52,7 @@ def test_paper_profile_follows_appendix_b_and_only_proposed_carries_g_and_e():
     t2 = {(c["setting"], c["method"]): c for c in table_configs(p, "influence", "paper", "table2") if c["seed"] == 0}
     assert t2[("cifar10_100pct", "none")]["arch"] == "resnet56" and t2[("cifar10_100pct", "none")]["train_counts"] is None
     # per setting, proposed first: `repro prepare` meets a config that carries G's params
-    assert [c["method"] for c in table_configs(p, "influence", "paper", "table1")][0] == "proposed"
+    assert next(c["method"] for c in table_configs(p, "influence", "paper", "table1")) == "proposed"
 
 
 def test_cpu_profile_plan():
@@ -100,8 +100,8 @@ WHERE = "influence.profiles.smoke.table1"
 
 
 @pytest.mark.parametrize("mutate, message", [
-    (lambda b: b["encoder"].update(damping=0.0), r"encoder.damping: expected a number > 0, got 0.0: the softmax "
-                                                 r"top-layer Hessian of F is singular"),
+    (lambda b: b["encoder"].update(damping=0.0), (r"encoder.damping: expected a number > 0, got 0.0: the softmax "
+                                                  r"top-layer Hessian of F is singular")),
     (lambda b: b["encoder"].update(damping=-0.5), r"encoder.damping: expected a number > 0, got -0.5"),
     (lambda b: b["transform"].update(pool_kernel=4), r"transform.pool_kernel: expected an odd kernel"),
     (lambda b: b.update(arch="resnet9"), r"\.arch: expected 'cnn4' or 'resnet<6n\+2>'"),
