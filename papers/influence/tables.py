@@ -143,7 +143,7 @@ class InfluenceTable(TableBlock):
     dev_per_class: PosInt                      # z^val of the influence (and the monitored dev accuracy)
     dev_pool_size: PosInt                      # the last dev_pool_size train rows; dev is drawn there
     test_limit: OptionalPosInt = None
-    dev_monitor: OptionalPosInt = None         # per-epoch dev accuracy on the first n dev images (null: all)
+    dev_monitor: OptionalPosInt = None         # per-epoch dev accuracy on n evenly spaced dev images (null: all)
     arch: Str()
     batch_size: PosInt
     epochs: PosInt
@@ -356,7 +356,10 @@ def execute(config: dict, mirror: str | None, on_epoch: Callable[[dict], None] |
                        heuristic_length=config.get("heuristic_length", 0), seed=1_000_003 * (seed + 1),
                        generator=g, encoder=e, encoder_cfg=config.get("encoder"), train=train, dev=dev,
                        epochs=config["epochs"])
-    monitor = dev if config["dev_monitor"] is None else ArrayData(dev.x[:config["dev_monitor"]], dev.y[:config["dev_monitor"]])
+    monitor = dev
+    if config["dev_monitor"] is not None and config["dev_monitor"] < len(dev):   # evenly spaced: the dev split is
+        pick = torch.linspace(0, len(dev) - 1, config["dev_monitor"]).round().long()   # class by class, so this
+        monitor = ArrayData(dev.x[pick.to(dev.x.device)], dev.y[pick.to(dev.y.device)])  # keeps it class-balanced
     fit = fit_with_dev_selection(model, train, monitor, test, batch_size=config["batch_size"], epochs=config["epochs"],
                                  step=step, seed_generator=torch.Generator().manual_seed(seed),
                                  min_epochs=config["epochs"] - 1 if config["selection"] == "last" else 0,
