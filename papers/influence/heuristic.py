@@ -19,6 +19,7 @@ Choices where the list is not specific (README repeats them):
   (+U(-0.2, 0.2)) and contrast (x U(0.7, 1.3) about the image mean); crop and flip are separate options.
 * composition length 2 (params `heuristic_length`).
 Random crop (zero padding `pad`, per-image offsets) and horizontal flip live here too (`crop_flip`).
+Random draws come from a CPU generator (reproducible on any device) and are moved to the images' device.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def _choice(values, n: int, gen: torch.Generator, signed: bool = True) -> Tensor
 
 def _affine(x: Tensor, a: Tensor) -> Tensor:
     """Sample x at A p (A [n, 2, 2], output -> input coordinates)."""
-    theta = torch.cat([a, torch.zeros(len(a), 2, 1)], dim=2).to(x.dtype)
+    theta = torch.cat([a, torch.zeros(len(a), 2, 1)], dim=2).to(x)
     return warp(x, F.affine_grid(theta, list(x.shape), align_corners=False))
 
 
@@ -70,7 +71,7 @@ def shear(x: Tensor, gen: torch.Generator) -> Tensor:
 def swirl(x: Tensor, gen: torch.Generator) -> Tensor:
     n, _, h, w = x.shape
     p = identity_grid(n, h, w, x)
-    strength = _choice(SWIRL_STRENGTHS, n, gen).to(x.dtype)[:, None, None]
+    strength = _choice(SWIRL_STRENGTHS, n, gen).to(x)[:, None, None]
     rho = p.norm(dim=-1)                                    # radius 1 = half the width
     ang = strength * torch.exp(-rho / 1.0)
     c, s = torch.cos(ang), torch.sin(ang)
@@ -90,9 +91,9 @@ def _gaussian_blur(t: Tensor, sigma: float) -> Tensor:
 def elastic(x: Tensor, gen: torch.Generator) -> Tensor:
     n, _, h, w = x.shape
     scale = h / 28.0
-    field = torch.rand(n, 2, h, w, generator=gen, dtype=x.dtype) * 2 - 1
+    field = (torch.rand(n, 2, h, w, generator=gen, dtype=x.dtype) * 2 - 1).to(x.device)
     disp_px = _gaussian_blur(field, ELASTIC_SIGMA_PX * scale) * ELASTIC_ALPHA_PX * scale
-    disp = disp_px * torch.tensor([2 / w, 2 / h], dtype=x.dtype).view(1, 2, 1, 1)
+    disp = disp_px * torch.tensor([2 / w, 2 / h], dtype=x.dtype, device=x.device).view(1, 2, 1, 1)
     return warp(x, identity_grid(n, h, w, x) + disp.permute(0, 2, 3, 1))
 
 
@@ -113,12 +114,12 @@ def dilate(x: Tensor, gen: torch.Generator) -> Tensor:
 
 
 def brightness(x: Tensor, gen: torch.Generator) -> Tensor:
-    return x + (torch.rand(len(x), 1, 1, 1, generator=gen, dtype=x.dtype) * 0.4 - 0.2)
+    return x + (torch.rand(len(x), 1, 1, 1, generator=gen, dtype=x.dtype) * 0.4 - 0.2).to(x.device)
 
 
 def contrast(x: Tensor, gen: torch.Generator) -> Tensor:
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    return mean + (x - mean) * (0.7 + 0.6 * torch.rand(len(x), 1, 1, 1, generator=gen, dtype=x.dtype))
+    return mean + (x - mean) * (0.7 + 0.6 * torch.rand(len(x), 1, 1, 1, generator=gen, dtype=x.dtype)).to(x.device)
 
 
 OPS = {"rotate": rotate, "zoom": zoom, "shear": shear, "swirl": swirl, "elastic": elastic,
@@ -134,7 +135,7 @@ def compose(x: Tensor, ops: list[str], length: int, gen: torch.Generator) -> Ten
     for _ in range(length):
         pick = torch.randint(0, len(ops), (len(x),), generator=gen)
         for k, name in enumerate(ops):
-            mask = pick == k
+            mask = (pick == k).to(out.device)
             if mask.any():
                 out[mask] = OPS[name](out[mask], gen)
     return out
@@ -147,10 +148,10 @@ def crop_flip(x: Tensor, pad: int, flip: bool, gen: torch.Generator) -> Tensor:
         xp = F.pad(x, (pad, pad, pad, pad))
         oy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
         ox = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-        rows = (oy[:, None] + torch.arange(h))[:, :, None]
-        cols = (ox[:, None] + torch.arange(w))[:, None, :]
-        x = xp.permute(0, 2, 3, 1)[torch.arange(n)[:, None, None], rows, cols].permute(0, 3, 1, 2)
+        rows = (oy[:, None] + torch.arange(h))[:, :, None].to(x.device)
+        cols = (ox[:, None] + torch.arange(w))[:, None, :].to(x.device)
+        x = xp.permute(0, 2, 3, 1)[torch.arange(n, device=x.device)[:, None, None], rows, cols].permute(0, 3, 1, 2)
     if flip:
-        m = torch.rand(n, generator=gen) < 0.5
+        m = (torch.rand(n, generator=gen) < 0.5).to(x.device)
         x = torch.where(m[:, None, None, None], x.flip(-1), x)
     return x.contiguous()

@@ -95,14 +95,15 @@ class AugmentStep:
         t0 = time.perf_counter()
         model, cfg = self.model, self.ecfg
         model.eval()
-        inf = LastLayerInfluence(model.fc.weight, model.fc.bias, features_of(model, self.train.x),
-                                 damping=cfg["damping"])
-        s_val = inf.s_val(features_of(model, self.dev.x), self.dev.y)
+        inf = LastLayerInfluence(model.fc.weight.detach().cpu(), model.fc.bias.detach().cpu(),
+                                 features_of(model, self.train.x).cpu(), damping=cfg["damping"])
+        s_val = inf.s_val(features_of(model, self.dev.x).cpu(), self.dev.y.cpu())
         model.requires_grad_(False)
         losses = []
         try:
             for _ in range(cfg["steps"]):
-                idx = torch.randint(0, len(self.train), (min(cfg["batch_size"], len(self.train)),), generator=self.gen)
+                idx = torch.randint(0, len(self.train), (min(cfg["batch_size"], len(self.train)),),
+                                    generator=self.gen).to(self.train.x.device)
                 loss = encoder_loss(self.e, self.g, model.features, inf, to_unit(self.train.x[idx]),
                                     self.train.y[idx], s_val)
                 if not torch.isfinite(loss):

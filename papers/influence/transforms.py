@@ -309,4 +309,5 @@ def encoder_loss(encoder: Encoder, generator: Generator, features, influence, x:
     x_aug = generator(x, encoder(x)).x
     with torch.no_grad():
         base = features(x)
-    return influence.aug_loss(base, features(x_aug), y, s_val).mean()
+    # the influence is float64 on the CPU; .cpu() is differentiable (and a no-op on CPU runs)
+    return influence.aug_loss(base.cpu(), features(x_aug).cpu(), y.cpu(), s_val).mean()
