@@ -125,3 +125,21 @@ def test_retraining_command_writes_json_and_png(tmp_path, mnist_mirror, monkeypa
     assert (tmp_path / "tiny.json").exists() and (tmp_path / "tiny.png").stat().st_size > 0
     for m in report["models"].values():
         assert len(m["predicted"]) == len(m["actual"]) == 8 and -1 <= m["pearson"] <= 1
+
+
+def test_report_section_shows_g_encoder_rounds_and_retraining(tmp_path, monkeypatch):
+    from papers.influence import report_sections as rs
+    published = {"tables": {"table1": {"results": {"mnist_1pct": {}}, "settings": {"mnist_1pct": {"label": "MNIST 1%"}}}}}
+    g = {"path": "mnist_abc.pt", "sha256": "f" * 64, "images": 64, "history": [{"step": 2, "disp_rms": 0.01,
+                                                                                 "image_rms_change": 0.02}]}
+    runs = [{"setting": "mnist_1pct", "method": "proposed", "profile": "smoke",
+             "metrics": {"transform": g, "encoder_log": [{"epoch": 1, "i_aug_first": -0.1 * k, "i_aug_last": -0.3 * k,
+                                                          "seconds": 1.0}]}} for k in (1, 2)]
+    runs.append({"setting": "mnist_1pct", "method": "none", "profile": "smoke", "metrics": {}})
+    monkeypatch.setattr(rs, "RETRAINING_DIR", tmp_path)
+    (tmp_path / "smoke.json").write_text(json.dumps({"classes": [1, 7], "models": {"logistic_regression": {
+        "parameters": 34, "n_points": 100, "pearson": 0.9, "spearman": 0.95, "damping": 0.0, "solve": {"iterations": 9}}}}))
+    text = "\n".join(rs.report_sections("table1", runs, published))
+    assert "| MNIST 1% | 1 | 1 | -0.15 | -0.45 | 1 | 2 |" in text and "G `mnist_abc.pt`" in text
+    assert "| logistic_regression | 34 | 100 | 0.900 | 0.950 | 0.0 | 9 |" in text
+    assert rs.report_sections("table2", [], {"tables": {"table2": {"results": {}, "settings": {}}}}) == []
