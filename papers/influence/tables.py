@@ -53,6 +53,7 @@ from common.train.batches import ArrayData
 from common.train.checkpoint import RunCheckpoint
 from common.train.device import resolve_device
 from common.train.loop import fit_with_dev_selection
+from papers.influence import transforms
 from papers.influence.heuristic import OPS
 from papers.influence.models import MNIST_MOMENTS, build_classifier
 from papers.influence.training import METHODS, AugmentStep, StepSchedule
@@ -268,8 +269,10 @@ def _nchw(x: np.ndarray, idx) -> torch.Tensor:
 
 
 def transform_path(config: dict, split_path) -> Path:
-    """Where G of a data set is cached: beside the table folders of the split directory."""
-    name = f"{config['transform']['dataset']}_{config_hash(config['transform'])[:8]}.pt"
+    """Where G of a data set is cached: beside the table folders of the split directory. The name hashes G's
+    params and the code that defines and trains it (transforms.py), so an edited G is refitted, never reused."""
+    key = {**config["transform"], "code_sha256": sha256_file(Path(transforms.__file__))}
+    name = f"{config['transform']['dataset']}_{config_hash(key)[:8]}.pt"
     root = Path(split_path).parents[1] if split_path else cache_dir() / "influence"
     return root / "transforms" / name
 

@@ -253,8 +253,14 @@ def fit_generator(images: Tensor, cfg: dict, seed: int, log=None) -> tuple[Gener
     """Train G by WGAN-GP on `images` (float [N, C, H, W] in [0, 1]) and return (G in eval mode, history).
 
     cfg keys: dataset, pool_kernel, steps (G steps), critic_steps, batch_size, lr, betas, gp_weight,
-    anti_identity_weight, anti_identity_eps, affine (AffineRanges fields)."""
-    torch.manual_seed(seed)
+    anti_identity_weight, anti_identity_eps, affine (AffineRanges fields). The global torch RNG is left as it was
+    (a run that fits G itself draws the same numbers afterwards as one that loads it)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _fit_generator(images, cfg, seed, log)
+
+
+def _fit_generator(images: Tensor, cfg: dict, seed: int, log=None) -> tuple[Generator, dict]:
     gen = torch.Generator().manual_seed(seed)
     arch = ARCHS[cfg["dataset"]]
     g, d_img, d_flow = Generator(arch, cfg["pool_kernel"]), Critic(arch, arch.channels), Critic(arch, 2)

@@ -143,3 +143,25 @@ def test_report_section_shows_g_encoder_rounds_and_retraining(tmp_path, monkeypa
     assert "| MNIST 1% | 1 | 1 | -0.15 | -0.45 | 1 | 2 |" in text and "G `mnist_abc.pt`" in text
     assert "| logistic_regression | 34 | 100 | 0.900 | 0.950 | 0.0 | 9 |" in text
     assert rs.report_sections("table2", [], {"tables": {"table2": {"results": {}, "settings": {}}}}) == []
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_proposed_resumes_after_a_kill_to_the_same_numbers(tmp_path, mnist_mirror):
+    """Killed after epoch 1 (before the encoder round of epoch 2), resumed from its checkpoint: the same result as
+    an uninterrupted run, and fitting G in the run leaves the global RNG as loading it would."""
+    p = load_params(REPO / "params.yaml")
+    config = next(c for c in table_configs(p, "influence", "smoke", "table1") if c["method"] == "proposed")
+    split = tmp_path / "splits" / "smoke" / "influence" / "table1" / "s.json"
+    first = tables.execute(config, mnist_mirror, split_path=split, device="cpu")         # fits G
+    ckpt = tmp_path / "ckpt.pt"
+
+    def stop(row):
+        raise Interrupt
+    with pytest.raises(Interrupt):
+        tables.execute(config, mnist_mirror, on_epoch=stop, split_path=split, device="cpu", checkpoint_path=ckpt)
+    resumed = tables.execute(config, mnist_mirror, split_path=split, device="cpu", checkpoint_path=ckpt)
+    assert resumed["history"] == first["history"]
+    assert resumed["metrics"]["encoder_log"][0]["i_aug_last"] == first["metrics"]["encoder_log"][0]["i_aug_last"]
