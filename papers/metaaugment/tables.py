@@ -343,4 +343,7 @@ def run_cost(method: str) -> int:
     return {"baseline": 0, "randaugment": 0, "metaaugment_ownfe": 2}.get(method, 1)
 
 
+# The report hook, as a reference (imported only by `repro report`): Figure 2's learned distribution as numbers.
+report_sections = "papers.metaaugment.report_sections:report_sections"
+
 assert set(METHODS) >= set(MAIN_METHODS) | set(ABLATION_METHODS)

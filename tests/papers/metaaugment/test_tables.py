@@ -203,3 +203,23 @@ def test_bad_params_are_errors_naming_the_key(tmp_path, capsys, mutate, message)
         return
     assert code == 2 and err.count("error:") == 1 and "Traceback" not in err
     assert f"error: params.yaml: metaaugment.profiles.smoke.{message}" in err, err
+
+
+def test_report_section_shows_the_learned_distribution():
+    from common.augment.image_ops import OPS
+    from papers.metaaugment.report_sections import op_marginals, report_sections
+
+    uniform = [[1 / 196] * 14 for _ in range(14)]
+    skewed = [[(4.0 if a == "Identity" else 1.0) for a in OPS] for _ in OPS]      # second op Identity 4x
+    total = sum(map(sum, skewed))
+    skewed = [[v / total for v in row] for row in skewed]
+    runs = [{"setting": "omniglot_resnet8", "method": "metaaugment", "metrics": {"sampler_probs": grid, "ops": list(OPS),
+                                                                                "alpha_final": 0.1}}
+            for grid in (uniform, skewed)]
+    runs.append({"setting": "omniglot_resnet8", "method": "baseline", "metrics": {"test_acc": 50.0}})
+    marg = op_marginals(list(OPS), uniform)
+    assert all(abs(v - 1 / 14) < 1e-12 for v in marg.values())
+    lines = report_sections("table3", runs, {})
+    assert len(lines) == 6 and "| omniglot_resnet8 | metaaugment | 2 |" in lines[4] and lines[-1] == ""
+    assert "Identity" in lines[4].split("|")[5] and "alpha" in lines[2]
+    assert report_sections("table1", runs[2:], {}) == []
