@@ -346,4 +346,7 @@ def run_cost(method: str) -> int:
 # The report hook, as a reference (imported only by `repro report`): Figure 2's learned distribution as numbers.
 report_sections = "papers.metaaugment.report_sections:report_sections"
 
+# `repro bench --paper metaaugment --suite speed`: "module:function", imported only when the suite runs.
+BENCH_SUITES = {"speed": "papers.metaaugment.bench:run_suite"}
+
 assert set(METHODS) >= set(MAIN_METHODS) | set(ABLATION_METHODS)
