@@ -39,7 +39,7 @@ def _step(method: str, batch: int, depth: int, dev: ArrayData, init: dict, meta_
     extra = {}
     if method.startswith("metaaugment"):
         extractor = TaskNetwork(CifarResNet(depth, 10), MEAN, STD) if method == "metaaugment_ownfe" else None
-        extra = dict(dev=dev, val_batch_size=batch, meta_gradient=meta_gradient, extractor=extractor)
+        extra = {"dev": dev, "val_batch_size": batch, "meta_gradient": meta_gradient, "extractor": extractor}
     return MethodStep(method, model, opt, CosineSchedule(0.1, 10_000), kind="cifar", **extra)
 
 
@@ -74,8 +74,9 @@ def run_benchmark(paper: str = "metaaugment", repeats: int = 5, out_dir: Path = 
                     "metaaugment_ownfe (jvp)": ("metaaugment_ownfe", "jvp")}
         steps = {name: _step(method, n, depth, dev, init, mode) for name, (method, mode) in variants.items()}
         step_s = _medians({name: (lambda s=s: s(batch)) for name, s in steps.items()}, repeats)
-        ops = lambda: augment(images, torch.randint(0, 14, (n,)), torch.randint(0, 14, (n,)),  # noqa: E731
-                              sample_magnitudes(n), sample_magnitudes(n))
+        def ops():
+            return augment(images, torch.randint(0, 14, (n,)), torch.randint(0, 14, (n,)), sample_magnitudes(n),
+                           sample_magnitudes(n))
         aug_s = _medians({"augment": ops}, max(repeats, 3))["augment"]
     finally:
         torch.set_num_threads(threads)

@@ -41,9 +41,10 @@ def report_sections(table: str, runs: list[dict], published: dict) -> list[str]:
             cells.setdefault((r["setting"], r["method"]), []).append(r)
     if not cells:
         return []
-    lines = ["Learned transformation distribution (Figure 2's analog; Eq. 5's p at the end of training, mean over "
+    intro = ("Learned transformation distribution (Figure 2's analog; Eq. 5's p at the end of training, mean over "
              "seeds): each op's marginal probability (uniform 7.1%), the geometric ops' share (uniform 35.7%), the "
-             "most and least likely ordered pairs (first op -> second op), and the learned alpha.", "",
+             "most and least likely ordered pairs (first op -> second op), and the learned alpha.")
+    lines = [intro, "",
              _row(["setting", "method", "n", "geometric share", "top ops", "bottom ops", "top pair", "bottom pair",
                    "alpha (mean)"]), _row(["---"] * 9)]
     for (setting, method), group in sorted(cells.items()):

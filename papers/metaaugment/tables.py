@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +28,6 @@ from common.config_models import (
     Block,
     Bool,
     Float,
-    Int,
     List,
     Mapping,
     NonNegFloat,
@@ -272,7 +272,7 @@ def load_or_make_split(config: dict, labels, test_labels, split_path) -> dict:
 
 def prepare_split(config: dict, mirror: str | None, split_path) -> None:
     """Write (or check) the split index file of one run (the `prepare` stage)."""
-    x, y, test_x, test_y = _arrays(config, mirror)
+    _, y, _, test_y = _arrays(config, mirror)
     load_or_make_split(config, y, test_y, split_path)
 
 

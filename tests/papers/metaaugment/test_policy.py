@@ -9,7 +9,7 @@ from papers.metaaugment.policy import PolicyNetwork, TransformationSampler, norm
 
 
 def test_eq5_on_a_hand_computed_example():
-    f64 = dict(dtype=torch.float64)
+    f64 = {"dtype": torch.float64}
     s = TransformationSampler(eps=0.2, r=2, s=1, num_ops=2)
     assert torch.allclose(s.probabilities, torch.full((2, 2), 0.25, dtype=torch.float64))
     # iteration 1: v = [[(0.2 + 0.4) / 2, 0.6], [0.9, unseen -> 1.0]], sum 2.8
