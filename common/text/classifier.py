@@ -69,14 +69,16 @@ class TextClassifier(nn.Module):
     token_embedding_param = "encoder.embeddings.word_embeddings.weight"
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
-                inputs_embeds: Tensor | None = None) -> Tensor:
+                inputs_embeds: Tensor | None = None, token_type_ids: Tensor | None = None) -> Tensor:
         """Logits [B, num_labels]; `attention_mask` defaults to input_ids != [PAD]. `inputs_embeds`
-        [B, L, H], if given, replaces the word embeddings of input_ids (which then only set the mask)."""
+        [B, L, H], if given, replaces the word embeddings of input_ids (which then only set the mask).
+        `token_type_ids` (sentence-pair segments 0/1) default to BERT's zeros."""
         if attention_mask is None:
             attention_mask = input_ids != self.pad_token_id
+        segments = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         if inputs_embeds is not None:
-            return self._logits(attention_mask, inputs_embeds=inputs_embeds)
-        return self._logits(attention_mask, input_ids=input_ids)
+            return self._logits(attention_mask, inputs_embeds=inputs_embeds, **segments)
+        return self._logits(attention_mask, input_ids=input_ids, **segments)
 
     def forward_soft(self, token_probs: Tensor, attention_mask: Tensor) -> Tensor:
         """Logits of soft token inputs [B, L, V] (e.g. gumbel-softmax samples of an augmenter): the

@@ -1,4 +1,4 @@
-"""mmel's report hook: Table 1's training time per method beside the paper's time column.
+"""mmel's report hook: training time per method beside the paper's time column (Tables 1 and 3).
 
 The paper's claim about DA+Long is one of cost ("comparable or better performance, while being much
 more efficient in training", Sec. 4.1), so the report shows the wall time of our runs per method and
@@ -36,8 +36,38 @@ def time_rows(spec: dict, runs: list[dict]) -> list[list[str]]:
     return rows
 
 
+def glue_time_rows(spec: dict, runs: list[dict]) -> list[list[str]]:
+    """Table 3: the paper's hours per method (all GLUE tasks, one V100) beside the wall time of our runs
+    per method (summed over our tasks, mean over seeds). A run scores several cells (dev and test),
+    so runs are counted once (by config hash)."""
+    unique = {r.get("config_hash", id(r)): r for r in runs}.values()
+    per_seed: dict[str, dict[int, float]] = {}
+    for r in unique:
+        seeds = per_seed.setdefault(r["method"], {})
+        seeds[r["seed"]] = seeds.get(r["seed"], 0.0) + float(r["wall_s"]) / 3600
+    paper = spec.get("time_h", {})
+    ours = {m: statistics.mean(v.values()) for m, v in per_seed.items()}
+    rows = []
+    for method, label in ((m, spec["methods"][m]["label"]) for m in spec["methods"]):
+        if method not in paper and method not in ours:
+            continue
+        paper_h, ours_h = paper.get(method), ours.get(method)
+        rows.append([label, "—" if paper_h is None else f"{paper_h:.1f}",
+                     "—" if paper_h is None or not paper.get("baseline") else f"{paper_h / paper['baseline']:.1f}x",
+                     "—" if ours_h is None else f"{ours_h:.2f} ({len(per_seed[method])})",
+                     "—" if ours_h is None or not ours.get("baseline") else f"{ours_h / ours['baseline']:.1f}x"])
+    return rows
+
+
 def report_sections(table: str, runs: list[dict], published: dict) -> list[str]:
-    """Markdown lines after Table 1's orderings: training time per method, paper vs ours."""
+    """Markdown lines after Table 1's or Table 3's orderings: training time per method, paper vs ours."""
+    if table == "table3" and runs:
+        rows = glue_time_rows(published["tables"][table], runs)
+        header = ["method", "paper hours (all tasks, one V100)", "paper ÷ Baseline", "ours hours per seed (n seeds)",
+                  "ours ÷ Baseline"]
+        return ["Training time per method (our hours: the tasks run here summed, mean over seeds, one CPU thread "
+                "per run; only the ratios compare across hardware):", "",
+                _row(header), _row(["---"] * len(header)), *map(_row, rows), ""]
     if table != "table1":
         return []
     rows = time_rows(published["tables"][table], runs)

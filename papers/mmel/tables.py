@@ -3,9 +3,10 @@
 Table 1: CIFAR-10/100 x ResNet-20/32/44/56, methods da, da_long, da_uni, mmel_h, mmel_s (|B| = 10).
 Table 2: the |B| ablation, MMEL-H/S with |B| in {2, 5, 10, 20} (`mmel_h_b5` = MMEL-H, |B| = 5) beside da.
 Table 5 (Appendix B): ImageNet ResNet-18/34/50, da, mmel_h, mmel_s (`paper` profile only).
-A setting is `<dataset>_<arch>`; its name fixes both. Hyperparameters come from params.yaml
-(mmel.profiles); the text tables (3, 4) are not built yet. See papers/mmel/README.md for every
-choice the paper leaves open.
+An image setting is `<dataset>_<arch>`; its name fixes both. Table 3 (GLUE, `papers.mmel.text_tables`):
+settings are the tasks; each run also scores its Table 4 cell (paper_tables.yaml: table4 `runs_from:
+table3`), so Table 4 has no runs of its own. Hyperparameters come from params.yaml (mmel.profiles).
+See papers/mmel/README.md for every choice the paper leaves open.
 """
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ from common.train.batches import ArrayData
 from common.train.checkpoint import RunCheckpoint
 from common.train.device import resolve_device
 from common.train.loop import fit_with_dev_selection
+from papers.mmel import text_tables
 from papers.mmel.image_step import (
     COMPILE_MODES,
     IMAGE_METHODS,
@@ -78,7 +80,10 @@ TABLES = {
     "table2": TableDef(CIFAR_SETTINGS, ABLATION_METHODS, "MMEL-H/S with |B| in {2, 5, 10, 20} beside DA"),
     "table5": TableDef(tuple(f"imagenet_resnet{d}" for d in (18, 34, 50)), ("da", "mmel_h", "mmel_s"),
                        "ImageNet with ResNet-18/34/50 (Appendix B): DA, MMEL-H, MMEL-S (|B| = 10)"),
+    "table3": TableDef(("cola", "rte", "mrpc", "stsb", "sst2", "qqp", "mnli", "qnli"), text_tables.TEXT_METHODS,
+                       "GLUE dev and test with BERT (Table 3; also Table 4's teacher vs original labels)"),
 }
+TEXT_TABLES = ("table3",)
 _ABLATION = re.compile(r"mmel_(h|s)_b(\d+)$")
 
 
@@ -171,13 +176,21 @@ def table_model(table: str, cfg: dict, where: str) -> ImageTable:
 
 
 def validate_table_config(table: str, cfg: dict, where: str) -> None:
-    table_model(table, cfg, where)
+    if table in TEXT_TABLES:
+        text_tables.table_model(table, cfg, where, TABLES[table])
+    else:
+        table_model(table, cfg, where)
 
 
 # ------------------------------------------------------------------------------------- run configs
 def run_configs(table: str, cfg: dict, profile: str) -> list[dict[str, Any]]:
     """Fully resolved config of every (setting, method, seed) run of a table."""
-    model = table_model(table, cfg, f"{PAPER}.profiles.{profile}.{table}")
+    where = f"{PAPER}.profiles.{profile}.{table}"
+    if table in TEXT_TABLES:
+        text = text_tables.table_model(table, cfg, where, TABLES[table])
+        return [text_tables.run_config(table, task, method, seed, text, profile)
+                for task in text.settings for method in text.methods for seed in range(text.seeds)]
+    model = table_model(table, cfg, where)
     return [run_config(table, setting, method, seed, model, profile)
             for setting in model.settings for method in model.methods for seed in range(model.seeds)]
 
@@ -231,7 +244,11 @@ def _spec(config: dict, train_labels: np.ndarray) -> SplitSpec:
 
 
 def prepare_split(config: dict, mirror: str | None, split_path) -> None:
-    """Write (or check) the split index file of one run (the `prepare` stage)."""
+    """Write (or check) the split index file of one run (the `prepare` stage); for a GLUE run also
+    build its views and teacher outputs if missing (`papers.mmel.text_data`)."""
+    if config["table"] in TEXT_TABLES:
+        text_tables.prepare(config, mirror, split_path)
+        return
     data = _dataset(config, mirror)
     train_y, test_y = data["train"][1], data["test"][1]
     load_or_make_split(split_path, train_y, test_y, _spec(config, train_y), config["data_seed"])
@@ -268,6 +285,8 @@ def build_model(config: dict, mean: list[float], std: list[float]) -> PixelNorma
 def execute(config: dict, mirror: str | None, on_epoch: Callable[[dict], None] | None = None,
             split_path=None, device: str = "auto", checkpoint_path=None) -> dict:
     """Run one (table, setting, method, seed); returns metrics and per-epoch history."""
+    if config["table"] in TEXT_TABLES:
+        return text_tables.execute(config, mirror, on_epoch, split_path, device, checkpoint_path)
     start = time.time()
     target = resolve_device(device)
     seed = int(config["seed"])
@@ -296,7 +315,7 @@ def execute(config: dict, mirror: str | None, on_epoch: Callable[[dict], None] |
 # Optional hooks of the paper contract (pipelines/papers.py).
 def run_cost(method: str) -> int:
     """Cost rank (cheaper runs first within a seed): images per step, DA+Long's 10x epochs."""
-    if method == "da":
+    if method in ("da", "baseline"):
         return 0
     if method == "da_long":
         return 2

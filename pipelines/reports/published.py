@@ -25,7 +25,17 @@ def load_published(paper: str, papers_dir: Path = PAPERS_DIR) -> dict | None:
         validate_cells(path, name, spec)
         validate_stated_in_text(name, spec)
         validate_official_logs(name, spec)
+        validate_runs_from(path, name, spec, published["tables"])
     return published
+
+
+def validate_runs_from(path: Path, table: str, spec: dict, tables: dict) -> None:
+    """`runs_from: <table>` (a table scored by another table's runs, see `table_report.cell_runs`) must
+    name another table of the same file."""
+    source = spec.get("runs_from")
+    if source is not None and (source == table or source not in tables):
+        raise ConfigError(f"{path}: tables.{table}.runs_from: {source!r} is not another table of this file; "
+                          f"expected one of {sorted(t for t in tables if t != table)}")
 
 
 DEFAULT_REFERENCE = "base"

@@ -136,21 +136,40 @@ def published_stats(cell: dict, table_n: int) -> Stats:
     return Stats(cell.get("n", table_n), cell["mean"], cell.get("std"))
 
 
+def cell_runs(runs: list[dict], table: str) -> list[dict]:
+    """The results as rows of `table`: a result whose metrics hold `cells` ({table: {setting: value}},
+    one run scoring several published cells, e.g. mmel's GLUE runs: dev and test rows of Table 3 and
+    a Table 4 cell) gives one row per cell of `table`, its value as test_acc; others pass unchanged."""
+    rows = []
+    for r in runs:
+        cells = r.get("metrics", {}).get("cells")
+        if cells is None:
+            rows += [r] if r["table"] == table else []
+            continue
+        rows += [{**r, "table": table, "setting": setting, "metrics": {**r["metrics"], "test_acc": value}}
+                 for setting, value in cells.get(table, {}).items()]
+    return rows
+
+
 def build_table(published: dict, table: str, params: dict, paper: str, profile: str,
                 results: list[dict]) -> TableReport:
-    """Cells with verdicts and deviation footnotes of one published table."""
+    """Cells with verdicts and deviation footnotes of one published table. A table with `runs_from:
+    <table>` (paper_tables.yaml) has no runs of its own: its cells come from that table's runs
+    (`cell_runs`), checked against that table's config."""
     spec = published["tables"][table]
+    source = spec.get("runs_from", table)
     paper_n = spec.get("n", published["n"])
     profiles = params.get(paper, {}).get("profiles", {})
-    config = profiles.get(profile, {}).get(table)
+    config = profiles.get(profile, {}).get(source)
     footnotes, like_for_like = [], None
     if config is not None:
-        deviations = [] if profile == "paper" else table_deviations(config, profiles.get("paper", {}).get(table))
+        deviations = [] if profile == "paper" else table_deviations(config, profiles.get("paper", {}).get(source))
         like_for_like = not deviations
         footnotes = deviations + ([f"n = {config['seeds']} seeds here vs {paper_n} in the paper"]
                                   if config.get("seeds", paper_n) < paper_n else [])
-    runs, stale, stale_check = current_runs(table, config, params, paper, profile,
-                                            [r for r in results if r["table"] == table])
+    runs, stale, stale_check = current_runs(source, config, params, paper, profile,
+                                            [r for r in results if r["table"] == source])
+    runs, stale = cell_runs(runs, table), cell_runs(stale, table)
     ours_stats = aggregate(runs)
     reference = reference_method(spec)
     cells = []
@@ -165,7 +184,9 @@ def build_table(published: dict, table: str, params: dict, paper: str, profile: 
             variant = method in spec.get("our_variants", {})
             if variant and ours is None and config is not None and method not in config.get("methods", []):
                 continue  # our variant, not planned in this profile: no row
-            not_run = ": " + not_run_reason(config, setting, method, profile)
+            setting_spec = spec.get("settings", {}).get(setting, {})
+            not_run = ": " + (spec.get("methods", {}).get(method, {}).get("not_run") or setting_spec.get("not_run")
+                              or not_run_reason(config, setting_spec.get("run_setting", setting), method, profile))
             verdict = cell_verdict(method, theirs, ours, paper_base, ours_base, like_for_like, not_run, reference)
             log = official_log_stats(published_cell)
             log_verdict = None if log is None else cell_verdict(method, log, ours, log_base, ours_base,

@@ -99,7 +99,7 @@ def current_hash(params_path: Path, method="base", seed=0) -> str:
 # --- 1. unknown ids on the command line ---------------------------------------------------------------
 
 @pytest.mark.parametrize("args,pattern", [
-    pytest.param(["--paper", "hu20"], r"unknown paper 'hu20'; known papers: \['hu19', 'mmel'\]", id="paper"),
+    pytest.param(["--paper", "hu20"], r"unknown paper 'hu20'; known papers: \['hu19', 'influence', 'metaaugment', 'mmel'\]", id="paper"),
     pytest.param(["--table", "table9"], r"--table: unknown table 'table9' for hu19 profile 'smoke'; known tables",
                  id="table"),
     pytest.param(["--method", "magic"], r"no run matches setting=None method=magic seed=None; available: .*'method': "

@@ -207,7 +207,7 @@ def test_mmel_reference_rows_and_cells_without_std_load():
     published = report.load_published("mmel", REPO / "papers")
     tables = published["tables"]
     assert {t: report.published.reference_method(s) for t, s in tables.items()} == {
-        "table1": "da", "table2": "da", "table3": "baseline", "table4": "base", "table5": "da"}
+        "table1": "da", "table2": "da", "table3": "baseline", "table4": "mmel_h_original_label", "table5": "da"}
     cells = {(t, s, m): c for t, spec in tables.items() for s, by in spec["results"].items() for m, c in by.items()}
     no_std = {key for key, c in cells.items() if c.get("std") is None}
     assert all(isinstance(c["std"], float) for key, c in cells.items() if key not in no_std)   # no NaN left

@@ -208,7 +208,7 @@ def test_cli_dry_run_lists_every_smoke_run(params, tmp_path, capsys, monkeypatch
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     assert cli.main(["--params", str(path), "run", "--paper", "mmel", "--profile", "smoke", "--dry-run"]) == 0
-    assert "mmel (smoke): 20 run(s) would run" in capsys.readouterr().out
+    assert "mmel (smoke): 34 run(s) would run" in capsys.readouterr().out   # 20 image + 14 GLUE runs
 
 
 # --------------------------------------------------------------------------------------- report hook
