@@ -173,3 +173,14 @@ def test_mean_pooling_averages_non_padding_states_and_ignores_padding():
     assert not torch.allclose(model(ids), expected, atol=1e-3)
     with pytest.raises(ConfigError, match="pooling: 'max'"):
         build_text_classifier("tiny-random-bert", 3, 12, vocab_size=VOCAB, pooling="max")
+
+
+def test_token_type_ids_default_to_segment_zero_and_reach_the_encoder():
+    torch.manual_seed(0)
+    model = build_text_classifier("tiny-random-bert", 2, 16).eval()
+    ids = torch.tensor([[101, 2000, 2001, 102, 2002, 2003, 102, 0]])
+    types = torch.tensor([[0, 0, 0, 0, 1, 1, 1, 0]])
+    with torch.no_grad():
+        plain, zeros, pair = model(ids), model(ids, token_type_ids=torch.zeros_like(ids)), model(ids, token_type_ids=types)
+    assert torch.equal(plain, zeros)
+    assert not torch.allclose(plain, pair)
