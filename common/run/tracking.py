@@ -38,6 +38,18 @@ RESULT_ID_TAG = "result_id"
 FINISHED = "FINISHED"
 
 
+def _numbers(d: dict, prefix: str = "") -> list[tuple[str, float]]:
+    """The numeric values of a (nested) dict as (dotted key, float), e.g. mmel's {"dev": {"mcc": 41.0}} ->
+    [("dev.mcc", 41.0)]; strings, lists and None are left out."""
+    out = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out += _numbers(v, f"{prefix}{k}.")
+        elif isinstance(v, (int, float)):
+            out.append((f"{prefix}{k}", float(v)))
+    return out
+
+
 def _flatten(d: dict, prefix: str = "") -> dict[str, str]:
     out = {}
     for k, v in d.items():
@@ -227,10 +239,9 @@ class Tracker:
             params = [Param(k, v) for k, v in _flatten(result.get("config", {})).items()]
             metrics = []        # per-epoch values have no time of their own: all stamped with the run's end
             for step, row in enumerate(result.get("history", []), start=1):
-                metrics += [Metric(f"{row['phase']}_{k}", float(v), end, step) for k, v in row.items()
-                            if k not in ("phase", "epoch") and isinstance(v, (int, float))]
-            metrics += [Metric(k, float(v), end, 0) for k, v in result["metrics"].items()
-                        if isinstance(v, (int, float))]
+                metrics += [Metric(f"{row['phase']}_{k}", v, end, step)
+                            for k, v in _numbers({k: v for k, v in row.items() if k not in ("phase", "epoch")})]
+            metrics += [Metric(k, v, end, 0) for k, v in _numbers(result["metrics"])]
             metrics.append(Metric("wall_s", float(result["wall_s"]), end, 0))
             client.log_batch(run_id, metrics=metrics, params=params)
             client.set_terminated(run_id, FINISHED, end_time=end)

@@ -52,6 +52,17 @@ def runs_of(client, stage=None):
     return [r for r in runs if stage is None or r.data.tags.get("stage") == stage]
 
 
+def test_nested_numeric_metrics_are_logged_with_dotted_keys(store):
+    uri, client = store
+    result = fake_result(0)
+    result["metrics"].update(dev={"mcc": 41.5}, cells={"table3": {"dev_cola": 41.5}}, note="text is not a metric")
+    result["history"][0]["dev"] = {"mcc": 40.0}
+    assert Tracker(uri).sync_results([result]) == 1
+    metrics = runs_of(client, "run")[0].data.metrics
+    assert metrics["dev.mcc"] == 41.5 and metrics["cells.table3.dev_cola"] == 41.5
+    assert metrics["train_dev.mcc"] == 40.0 and "note" not in metrics
+
+
 def test_sync_is_idempotent_nests_runs_and_keeps_their_times(store):
     uri, client = store
     results = [fake_result(0), fake_result(1, "ours_weight"), fake_result(2, table="table4")]
