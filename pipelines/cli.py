@@ -49,7 +49,8 @@ def cmd_run(args) -> int:
     profile = _profile(args, params)
     report = run_tables(params, args.paper, profile, _tables(args, params, profile), setting=args.setting,
                         method=args.method, seed=args.seed, workers=args.workers,
-                        replace_changed=args.replace_changed, dry_run=args.dry_run, allow_dirty=args.allow_dirty)
+                        replace_changed=args.replace_changed, dry_run=args.dry_run, allow_dirty=args.allow_dirty,
+                        replace_dirty=args.replace_dirty)
     if args.dry_run:
         for label in report.done:
             print(f"would run {label}")
@@ -169,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="override base.runner.workers")
     p.add_argument("--replace-changed", action="store_true",
                    help="archive results whose config changed and run them again")
+    p.add_argument("--replace-dirty", action="store_true",
+                   help="archive finished results that uncommitted code made (git_sha <sha>-dirty) and run them "
+                        "again from the committed code")
     p.add_argument("--dry-run", action="store_true", help="list what would run")
     p.add_argument("--allow-dirty", action="store_true",
                    help="run a cpu/paper grid from uncommitted code; each result records code_diff_sha256 and the "

@@ -142,7 +142,7 @@ def prepare(params: dict, paper: str, profile: str, tables: list[str]) -> list[P
 
 def run_tables(params: dict, paper: str, profile: str, tables: list[str], *, setting=None, method=None, seed=None,
                workers: int | None = None, replace_changed: bool = False, dry_run: bool = False,
-               allow_dirty: bool = False) -> GridReport:
+               allow_dirty: bool = False, replace_dirty: bool = False) -> GridReport:
     base = params["base"]
     module = paper_module(paper)
     configs = []
@@ -159,7 +159,7 @@ def run_tables(params: dict, paper: str, profile: str, tables: list[str], *, set
         writable_dir(Path(base["splits_dir"]), "splits_dir")
     if not dry_run:
         from pipelines.mlm_stage import ensure_mlm
-        identity = ensure_mlm(params, profile, configs, Path(base["results_dir"]))
+        identity = ensure_mlm(params, profile, configs, Path(base["results_dir"]), replace_dirty=replace_dirty)
         if identity:
             log.info("%s", identity)
     tracker = Tracker(base["tracking_uri"])
@@ -168,7 +168,7 @@ def run_tables(params: dict, paper: str, profile: str, tables: list[str], *, set
                     threads=runner_cfg["threads_per_worker"], resolve=module.resolve_requirements,
                     split_path_for=lambda c: split_path(Path(base["splits_dir"]), c),
                     replace_changed=replace_changed, on_result=tracker.log_result, dry_run=dry_run,
-                    progress=progress_enabled(), allow_dirty=allow_dirty)
+                    progress=progress_enabled(), allow_dirty=allow_dirty, replace_dirty=replace_dirty)
 
 
 def text_dev_pools(params: dict, profile: str) -> dict[str, list[tuple[str, int]]]:

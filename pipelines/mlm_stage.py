@@ -21,7 +21,7 @@ from common.config import config_hash, data_mirror
 from common.errors import ConfigError, ReproError
 from common.io import write_json_atomic
 from common.run.progress import eta_text, progress_enabled
-from common.run.results import RunKey, result_status
+from common.run.results import RunKey, made_by_dirty_code, read_result, result_status
 
 log = logging.getLogger("repro.mlm")
 REPORTS_DIR = Path("reports/mlm")
@@ -87,8 +87,9 @@ def committed_weights_sha256(profile: str, reports_dir: Path = REPORTS_DIR) -> s
     return json.loads(path.read_text()).get("weights_sha256") if path.is_file() else None
 
 
-def pending_mlm_dirs(configs: list[dict], results_dir: Path) -> set[str]:
-    """The MLM folders that runs without a finished result (same config hash) will read."""
+def pending_mlm_dirs(configs: list[dict], results_dir: Path, replace_dirty: bool = False) -> set[str]:
+    """The MLM folders that runs without a finished result (same config hash) will read; with
+    `replace_dirty` also those of results that uncommitted code made (they will be re-run)."""
     pending = set()
     for c in configs:
         if not c.get("mlm_dir") or "requires" in c:
@@ -96,6 +97,7 @@ def pending_mlm_dirs(configs: list[dict], results_dir: Path) -> set[str]:
         path = RunKey(c["paper"], c["table"], c["setting"], c["method"], c["seed"]).path(results_dir, c["profile"])
         try:
             done = result_status(path, config_hash(c)) == "done"
+            done = done and not (replace_dirty and made_by_dirty_code(read_result(path)))
         except ReproError:
             done = False            # a stale result: the run would be repeated (--replace-changed)
         if not done:
@@ -104,14 +106,14 @@ def pending_mlm_dirs(configs: list[dict], results_dir: Path) -> set[str]:
 
 
 def ensure_mlm(params: dict, profile: str, configs: list[dict], results_dir: Path,
-               reports_dir: Path = REPORTS_DIR) -> str | None:
+               reports_dir: Path = REPORTS_DIR, replace_dirty: bool = False) -> str | None:
     """Build the profile's MLM if a run still to do needs it and its weights are missing; returns a
     sentence on the MLM's identity (or None when nothing needs it). Concurrent callers build once (a
     file lock beside out_dir). The committed report is left as it is: it names the MLM behind the
     committed results, and the built MLM is compared with it."""
     from common.text.mlm import mlm_weights_sha256
 
-    needed = pending_mlm_dirs(configs, results_dir)
+    needed = pending_mlm_dirs(configs, results_dir, replace_dirty)
     if not needed:
         return None
     cfg = mlm_params(params, profile)

@@ -33,7 +33,7 @@ from common.run.job import (
 )
 from common.run.local_backend import LocalBackend
 from common.run.progress import progress_bar
-from common.run.results import RunKey, archive_result, read_result, result_status
+from common.run.results import RunKey, archive_result, made_by_dirty_code, read_result, result_status
 
 log = logging.getLogger("repro.runner")
 
@@ -63,10 +63,14 @@ def run_grid(configs: Iterable[dict], *, paper_module: str, results_dir: Path, m
              backend: LocalBackend, threads: int, resolve: Callable[[dict, list[dict]], dict] | None = None,
              split_path_for: Callable[[dict], Path] | None = None, replace_changed: bool = False,
              on_result: Callable[[dict], None] | None = None, dry_run: bool = False,
-             progress: bool = False, allow_dirty: bool = False, code_dir: Path | None = None) -> GridReport:
+             progress: bool = False, allow_dirty: bool = False, code_dir: Path | None = None,
+             replace_dirty: bool = False) -> GridReport:
     """Run every config whose result is missing; `requires` configs run after their dependencies.
 
-    `code_dir`: the checkout whose state results record (default: the one this package is in)."""
+    `replace_changed`: archive results of another config hash and run them again; `replace_dirty`: the
+    same for finished results that uncommitted code made (git_sha `<sha>-dirty` or `unknown`), so a
+    published table can be rebuilt from committed code only. `code_dir`: the checkout whose state
+    results record (default: the one this package is in)."""
     state = code_state(code_dir or REPO_DIR, with_diff=not dry_run)
     sha = state.sha
     report = GridReport()
@@ -97,6 +101,11 @@ def run_grid(configs: Iterable[dict], *, paper_module: str, results_dir: Path, m
                 if dry_run:
                     read_result(path)  # a dry run moves nothing (but a corrupt file fails as it would)
                 else:
+                    may_run(c)
+                    archive_result(path)
+                status = "missing"
+            if status == "done" and replace_dirty and made_by_dirty_code(read_result(path)):
+                if not dry_run:
                     may_run(c)
                     archive_result(path)
                 status = "missing"

@@ -70,11 +70,22 @@ def result_status(path: Path, config_hash: str) -> str:
 
 
 def archive_result(path: Path) -> Path:
-    """Move a finished result aside (<name>.superseded-<hash>.json) before re-running it."""
+    """Move a finished result aside (<name>.superseded-<hash>.json) before re-running it. An archive of
+    the same name that holds other bytes is never overwritten: the new one gets a suffix (-2, -3, ...)."""
     result = read_result(path)
-    target = path.with_name(f"{path.stem}.superseded-{result['config_hash']}.json")
+    stem = f"{path.stem}.superseded-{result['config_hash']}"
+    target, n = path.with_name(f"{stem}.json"), 1
+    while target.exists() and target.read_bytes() != path.read_bytes():
+        n += 1
+        target = path.with_name(f"{stem}-{n}.json")
     os.replace(path, target)
     return target
+
+
+def made_by_dirty_code(result: dict) -> bool:
+    """A result whose git_sha says uncommitted code made it (`<sha>-dirty`, or `unknown` outside git)."""
+    sha = str(result.get("git_sha", ""))
+    return sha.endswith("-dirty") or sha == "unknown"
 
 
 def collect_results(results_dir: Path, profile: str, paper: str) -> list[dict]:

@@ -266,3 +266,26 @@ def test_cli_passes_allow_dirty_through(cpu_params, monkeypatch):
     base = ["--params", str(cpu_params), "run", "--paper", "hu19", "--table", "table2"]
     assert cli.main(base) == 0 and seen["allow_dirty"] is False and seen["profile"] == "cpu"
     assert cli.main(base + ["--allow-dirty"]) == 0 and seen["allow_dirty"] is True
+
+
+def test_replace_dirty_reruns_results_of_uncommitted_code_from_the_committed_code(repo, tmp_path, fake_paper):
+    results = tmp_path / "results"
+    grid(repo, results)
+    clean = git_sha(repo)
+    dirty_path = results / "cpu/fake/t1/s/m/seed0.json"
+    old = json.loads(dirty_path.read_text())
+    dirty_path.write_text(json.dumps({**old, "git_sha": clean + "-dirty", "metrics": {"test_acc": 1.0}}))
+    assert grid(repo, results).done == [] and fake_paper == [0, 1]         # without the flag: kept
+    assert grid(repo, results, replace_dirty=True, dry_run=True).done == ["fake/t1/s/m/seed0"]
+    report = grid(repo, results, replace_dirty=True)
+    assert report.done == ["fake/t1/s/m/seed0"] and report.skipped == ["fake/t1/s/m/seed1"] and fake_paper == [0, 1, 0]
+    assert json.loads(dirty_path.read_text())["git_sha"] == clean
+    archived = json.loads((results / f"cpu/fake/t1/s/m/seed0.superseded-{old['config_hash']}.json").read_text())
+    assert archived["git_sha"] == clean + "-dirty" and archived["metrics"] == {"test_acc": 1.0}
+    # a second dirty result of the same config: archived beside the first, which is never overwritten
+    dirty_path.write_text(json.dumps({**old, "git_sha": clean + "-dirty", "metrics": {"test_acc": 2.0}}))
+    grid(repo, results, replace_dirty=True)
+    second = results / f"cpu/fake/t1/s/m/seed0.superseded-{old['config_hash']}-2.json"
+    assert json.loads(second.read_text())["metrics"] == {"test_acc": 2.0}
+    assert json.loads((results / f"cpu/fake/t1/s/m/seed0.superseded-{old['config_hash']}.json").read_text()
+                      )["metrics"] == {"test_acc": 1.0}
