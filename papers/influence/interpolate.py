@@ -33,9 +33,9 @@ import numpy as np
 import torch
 
 from common.config import load_params
+from common.data.subsample import dev_pool_rows
 from common.errors import ConfigError
 from common.io import write_json_atomic
-from common.data.subsample import dev_pool_rows
 from papers.influence import tables
 from papers.influence.transforms import TAU_DIM, sample_tau
 

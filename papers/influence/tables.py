@@ -374,3 +374,6 @@ def execute(config: dict, mirror: str | None, on_epoch: Callable[[dict], None] |
 
 # The report hook, as a reference (imported only by `repro report`): G, the encoder rounds, the retraining check.
 report_sections = "papers.influence.report_sections:report_sections"
+
+# `repro bench --paper influence --suite speed`: "module:function", imported only when the suite runs.
+BENCH_SUITES = {"speed": "papers.influence.bench:run_suite"}

@@ -66,7 +66,7 @@ def make_row(row: str, n_val: int, seed: int) -> dict[str, torch.Tensor]:
     tx, ty = moons(spec["n_train"], spec["noise"], rng)
     vx, vy = moons(n_val // 2, spec["noise"], rng)
     vx = vx - np.array([0.0, spec["shift"]])
-    as_t = lambda a, dt: torch.from_numpy(np.ascontiguousarray(a)).to(dt)  # noqa: E731
+    as_t = lambda a, dt: torch.from_numpy(np.ascontiguousarray(a)).to(dt)
     return {"train_x": as_t(tx, DTYPE), "train_y": as_t(ty, torch.int64),
             "val_x": as_t(vx, DTYPE), "val_y": as_t(vy, torch.int64)}
 
@@ -256,7 +256,7 @@ def plot(figure: dict, cfg: dict, path: Path) -> None:
         gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], cfg["grid"]), np.linspace(lo[1], hi[1], cfg["grid"]))
         grid = torch.from_numpy(np.stack([gx.ravel(), gy.ravel()], 1)).to(DTYPE)
 
-        def contour(ax, model):
+        def contour(ax, model, grid=grid, gx=gx, gy=gy):
             with torch.no_grad():
                 p = torch.softmax(model(grid), 1)[:, 1].reshape(gx.shape).numpy()
             ax.contourf(gx, gy, p, levels=np.linspace(0, 1, 11), cmap="RdBu", alpha=0.45)
