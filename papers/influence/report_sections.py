@@ -54,10 +54,10 @@ def generator_lines(runs: list[dict]) -> list[str]:
 
 
 def retraining_lines(profile: str | None) -> list[str]:
-    path = RETRAINING_DIR / f"{profile}.json"
-    if profile is None or not path.exists():
-        return [(f"Retraining check: not run for this profile (`python3 -m papers.influence.retraining --profile "
-                f"{profile or '<profile>'}` writes {path})."), ""]
+    path = RETRAINING_DIR / f"{profile or '<profile>'}.json"
+    if profile is None or not path.exists():   # no runs: the hook is not told the profile
+        return [(f"Retraining check: {'not run for this profile' if profile else 'shown once the table has runs'} "
+                 f"(`python3 -m papers.influence.retraining --profile {profile or '<profile>'}` writes {path})."), ""]
     report = json.loads(path.read_text())
     header = ["model", "parameters", "removed points", "Pearson", "Spearman", "damping", "CG iterations"]
     rows = [[name, m["parameters"], m["n_points"], f"{m['pearson']:.3f}", f"{m['spearman']:.3f}", m["damping"],

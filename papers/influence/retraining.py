@@ -8,7 +8,7 @@ grad l(z_i)^T s_val / N with s_val = (H + damping I)^-1 grad L_val by CG. Writes
 plots). Not a DVC stage and not part of the tables; run it by hand:
 
     REPRO_DATA_MIRROR=/path/to/data python3 -m papers.influence.retraining --profile smoke   # ~10 s
-    REPRO_DATA_MIRROR=/path/to/data python3 -m papers.influence.retraining --profile cpu     # ~3 min, 1 thread
+    REPRO_DATA_MIRROR=/path/to/data python3 -m papers.influence.retraining --profile cpu     # ~1.5 min, 1 thread
 
 Inputs: 28x28 digits average-pooled to `pool` x `pool` (pixels / 255), standardised with the train
 statistics; the first n_train / n_val images of the two classes from the official train / test files
@@ -92,6 +92,8 @@ def scatter(report: dict, path: Path) -> None:
         lim = [min(pred.min(), act.min()), max(pred.max(), act.max())]
         ax.plot(lim, lim, color="grey", lw=0.8, ls="--")
         ax.scatter(act, pred, s=10)
+        ax.ticklabel_format(style="sci", scilimits=(-2, 2))
+        ax.tick_params(labelsize=8)
         ax.set_xlabel("actual dL_val (leave-one-out retraining)")
         ax.set_ylabel("predicted -I_up,loss / N (Eq. 10)")
         ax.set_title(f"{name}: Pearson {m['pearson']:.3f}, Spearman {m['spearman']:.3f}", fontsize=9)
