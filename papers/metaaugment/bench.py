@@ -4,8 +4,9 @@ Two measurements in one process, the variants interleaved and medians taken (rat
 process are what is comparable on a loaded machine):
 
 1. The training step of every method on the same uint8 batch (augmentation included): baseline,
-   randaugment, metaaugment with each meta-gradient mode (`jvp`, `double_backward`) and the own-FE
-   variant; each as a ratio to the baseline step. The paper: MetaAugment ~3x a standard step
+   randaugment, metaaugment with each meta-gradient mode (`jvp`, `double_backward`), `jvp` also with
+   torch.func.jvp instead of the stored-primal tangent program (the step as it was before), and the
+   own-FE variant; each as a ratio to the baseline step. The paper: MetaAugment ~3x a standard step
    ("three forward and backward passes"); issue 16's target <= 2.5x.
 2. Augmented images per second of the 14-op pipeline (flip/crop -> op j -> op k -> Cutout 16,
    `common.augment.image_ops.augment`, uniform op pairs and signed magnitudes) at 32 x 32.
@@ -32,7 +33,8 @@ RATIO_TARGET = 2.5
 MEAN, STD = [125.3, 123.0, 113.9], [63.0, 62.1, 66.7]
 
 
-def _step(method: str, batch: int, depth: int, dev: ArrayData, init: dict, meta_gradient: str = "jvp") -> MethodStep:
+def _step(method: str, batch: int, depth: int, dev: ArrayData, init: dict, meta_gradient: str = "jvp",
+          tangent_graph: bool = True) -> MethodStep:
     model = TaskNetwork(CifarResNet(depth, 10), MEAN, STD)
     model.load_state_dict(init)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
@@ -40,7 +42,10 @@ def _step(method: str, batch: int, depth: int, dev: ArrayData, init: dict, meta_
     if method.startswith("metaaugment"):
         extractor = TaskNetwork(CifarResNet(depth, 10), MEAN, STD) if method == "metaaugment_ownfe" else None
         extra = {"dev": dev, "val_batch_size": batch, "meta_gradient": meta_gradient, "extractor": extractor}
-    return MethodStep(method, model, opt, CosineSchedule(0.1, 10_000), kind="cifar", **extra)
+    step = MethodStep(method, model, opt, CosineSchedule(0.1, 10_000), kind="cifar", **extra)
+    if step.update is not None:
+        step.update.tangent_graph = tangent_graph
+    return step
 
 
 def _medians(calls: dict, repeats: int) -> dict[str, float]:
@@ -68,11 +73,13 @@ def run_benchmark(paper: str = "metaaugment", repeats: int = 5, out_dir: Path = 
         dev = ArrayData(torch.rand(max(n, 2), 3, 32, 32, generator=gen) * 255, torch.randint(0, 10, (max(n, 2),),
                                                                                              generator=gen))
         init = TaskNetwork(CifarResNet(depth, 10), MEAN, STD).state_dict()
-        variants = {"baseline": ("baseline", "jvp"), "randaugment": ("randaugment", "jvp"),
-                    "metaaugment (jvp)": ("metaaugment", "jvp"),
-                    "metaaugment (double_backward)": ("metaaugment", "double_backward"),
-                    "metaaugment_ownfe (jvp)": ("metaaugment_ownfe", "jvp")}
-        steps = {name: _step(method, n, depth, dev, init, mode) for name, (method, mode) in variants.items()}
+        variants = {"baseline": ("baseline", "jvp", True), "randaugment": ("randaugment", "jvp", True),
+                    "metaaugment (jvp)": ("metaaugment", "jvp", True),
+                    "metaaugment (jvp via torch.func, before the tangent program)": ("metaaugment", "jvp", False),
+                    "metaaugment (double_backward)": ("metaaugment", "double_backward", True),
+                    "metaaugment_ownfe (jvp)": ("metaaugment_ownfe", "jvp", True)}
+        steps = {name: _step(method, n, depth, dev, init, mode, graph)
+                 for name, (method, mode, graph) in variants.items()}
         step_s = _medians({name: (lambda s=s: s(batch)) for name, s in steps.items()}, repeats)
         def ops():
             return augment(images, torch.randint(0, 14, (n,)), torch.randint(0, 14, (n,)), sample_magnitudes(n),

@@ -28,7 +28,12 @@ check both against central finite differences.
 
 Per iteration the task network runs: the training forward (kept for two backwards: Eq. 2's
 gradient at theta and Eq. 4's at theta_new), the validation forward + backward at w_hat, and the
-JVP: the paper's "three forward and backward passes".
+JVP: the paper's "three forward and backward passes". The JVP needs no second primal forward: the
+training forward runs as an fx graph that keeps every node's value (`TangentGraph`) and the JVP
+pushes only the tangent through it (per conv two tangent convolutions; BatchNorm's tangent in six
+full-tensor passes). The three backward passes are needed: Eq. 4's weights P~(theta_new) exist
+only after Eq. 3, which needs g_val, which needs w_hat, i.e. Eq. 2's backward. Networks with an op
+the tangent program has no rule for (e.g. dropout) use torch.func.jvp (which recomputes the primal).
 
 Choices the paper leaves open (the package README repeats them):
 
@@ -47,11 +52,13 @@ Choices the paper leaves open (the package README repeats them):
 """
 from __future__ import annotations
 
+import operator
+import weakref
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 from torch.func import functional_call, jvp
 
 from common.meta.differentiable_step import lookahead_step
@@ -141,25 +148,238 @@ def _buffer_copies(model: nn.Module) -> dict[str, Tensor]:
 
 
 def meta_gradients(model: TaskNetwork, learner: MetaLearner, x: Tensor, y: Tensor, embedding: Tensor | None,
-                   x_val: Tensor, y_val: Tensor, mode: str = "jvp") -> tuple[dict[str, Tensor], Tensor]:
+                   x_val: Tensor, y_val: Tensor, mode: str = "jvp", tangent_graph: bool = True
+                   ) -> tuple[dict[str, Tensor], Tensor]:
     """grad_(theta, alpha) L_val(w_hat(theta, alpha)) (Eq. 2-3) by name of `learner`'s parameters,
     and L_val; nothing is updated, and the training forward runs on buffer copies (a pure function of
-    the current state, for tests and benchmarks). The training step uses `MetaAugmentUpdate`."""
-    train = _TrainPass(model, learner, x, y, embedding, _buffer_copies(model))
+    the current state, for tests and benchmarks). The training step uses `MetaAugmentUpdate`.
+    `tangent_graph=False` takes torch.func.jvp for the directional derivatives (the reference)."""
+    train = _TrainPass(model, learner, x, y, embedding, _buffer_copies(model), tangent_graph)
     grads, val_loss = train.meta_gradients(x_val, y_val, mode)
     return grads, val_loss
+
+
+# ------------------------------------------------------------------------------ the tangent program
+# The JVP <grad_w L_i(w), g_val> of every training sample is a forward-mode pass at w, the point of
+# the training forward that already ran. torch.func.jvp recomputes that primal forward and spends
+# ~13 full-tensor passes per BatchNorm on its tangent; `TangentGraph` runs the training forward as an
+# fx graph, keeps each node's primal value (and BatchNorm's batch mean / inverse std), and later
+# propagates only the tangent through the same graph with the stored primals: the same derivative
+# (tests compare it with torch.func.jvp and with finite differences), no second primal forward.
+_LINEAR_FUNCTIONS = {F.pad, operator.getitem, torch.flatten, F.adaptive_avg_pool2d, F.avg_pool2d, operator.neg}
+_LINEAR_METHODS = {"contiguous", "mean", "view", "reshape", "flatten", "sum", "__getitem__"}
+_CONSTANT_FUNCTIONS = {operator.eq, torch._assert}         # fx's concrete_args guard: no tensors
+_MODULES = (nn.Conv2d, nn.BatchNorm2d, nn.Linear, nn.ReLU)
+_GRAPHS: weakref.WeakKeyDictionary[nn.Module, TangentGraph | None] = weakref.WeakKeyDictionary()
+
+
+class UnsupportedGraph(Exception):
+    """The task network has an op the tangent program has no rule for (then torch.func.jvp is used)."""
+
+
+class TangentGraph:
+    """TaskNetwork.forward(x, with_features=True) as an fx graph: `forward` runs it on a parameter
+    and buffer dict (the same ops as the module: conv2d, batch_norm with the module's running-stat
+    update, relu, add, pad, slicing, mean, linear) and returns the primals; `logits_tangent` pushes
+    parameter tangents through the stored primals. Unsupported graphs raise UnsupportedGraph."""
+
+    def __init__(self, model: nn.Module):
+        try:
+            self.gm = fx.symbolic_trace(model, concrete_args={"with_features": True})
+        except Exception as exc:
+            raise UnsupportedGraph(f"fx trace failed: {exc}") from exc
+        self.modules = dict(model.named_modules())
+        self.nodes = list(self.gm.graph.nodes)
+        for node in self.nodes:
+            ok = {"placeholder": True, "get_attr": True, "output": True,
+                  "call_function": node.target in _LINEAR_FUNCTIONS | _CONSTANT_FUNCTIONS
+                  | {operator.add, operator.sub, operator.mul, operator.truediv, F.relu, torch.relu},
+                  "call_method": node.target in _LINEAR_METHODS or node.target == "relu",
+                  "call_module": isinstance(self.modules.get(node.target), _MODULES)}.get(node.op, False)
+            if not ok:
+                raise UnsupportedGraph(f"no tangent rule for {node.op} {node.target}")
+            module = self.modules.get(node.target) if node.op == "call_module" else None
+            if isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
+                raise UnsupportedGraph("conv padding_mode other than zeros")
+
+    @staticmethod
+    def of(model: nn.Module) -> TangentGraph | None:
+        """The model's graph, traced once (None if unsupported)."""
+        if model not in _GRAPHS:
+            try:
+                _GRAPHS[model] = TangentGraph(model)
+            except UnsupportedGraph:
+                _GRAPHS[model] = None
+        return _GRAPHS[model]
+
+    def forward(self, params: dict, buffers: dict, x: Tensor) -> tuple[Tensor, Tensor, dict]:
+        """(logits, features, primals): the training forward (autograd as usual), every node's value."""
+        env: dict = {"params": params}
+        first = True
+        for node in self.nodes:
+            load = lambda a: fx.node.map_arg(a, env.__getitem__)
+            if node.op == "placeholder":
+                value, first = (x if first else True), False
+            elif node.op == "get_attr":
+                value = buffers[node.target] if node.target in buffers else params[node.target]
+            elif node.op == "call_function":
+                value = node.target(*load(node.args), **load(node.kwargs))
+            elif node.op == "call_method":
+                obj, *rest = load(node.args)
+                value = getattr(obj, node.target)(*rest, **load(node.kwargs))
+            elif node.op == "call_module":
+                value = self._module(node, params, buffers, load(node.args)[0], env)
+            else:
+                logits, features = load(node.args[0])
+                return logits, features, env
+            env[node] = value
+        raise UnsupportedGraph("graph without output")
+
+    def _module(self, node, params, buffers, inp: Tensor, env: dict):
+        m, name = self.modules[node.target], node.target
+        get = lambda key: params.get(f"{name}.{key}")
+        if isinstance(m, nn.Conv2d):
+            return F.conv2d(inp, get("weight"), get("bias"), m.stride, m.padding, m.dilation, m.groups)
+        if isinstance(m, nn.Linear):
+            return F.linear(inp, get("weight"), get("bias"))
+        if isinstance(m, nn.ReLU):
+            return F.relu(inp)
+        # BatchNorm2d, as nn.modules.batchnorm._BatchNorm.forward, through native_batch_norm to keep
+        # the batch mean and inverse std for the tangent
+        mean, var = buffers.get(f"{name}.running_mean"), buffers.get(f"{name}.running_var")
+        factor = 0.0 if m.momentum is None else m.momentum
+        if m.training and m.track_running_stats and f"{name}.num_batches_tracked" in buffers:
+            tracked = buffers[f"{name}.num_batches_tracked"]
+            tracked.add_(1)
+            factor = 1.0 / float(tracked) if m.momentum is None else m.momentum
+        batch_stats = m.training or (mean is None and var is None)
+        use_running = not m.training or m.track_running_stats
+        out, save_mean, save_invstd = torch.native_batch_norm(
+            inp, get("weight"), get("bias"), mean if use_running else None, var if use_running else None,
+            batch_stats, factor, m.eps)
+        if batch_stats:
+            env[(node, "stats")] = (save_mean.detach(), save_invstd.detach(), True)
+        else:
+            env[(node, "stats")] = (mean.detach(), (var.detach() + m.eps).rsqrt(), False)
+        return out
+
+    @torch.no_grad()
+    def logits_tangent(self, env: dict, tangents: dict) -> Tensor:
+        """d logits along the parameter tangents (a dict by parameter name; inputs have none)."""
+        tan: dict = {}
+        prim = lambda a: env[a] if isinstance(a, fx.Node) else a
+        tg = lambda a: tan.get(a) if isinstance(a, fx.Node) else None
+        for node in self.nodes:
+            args = node.args
+            if node.op == "placeholder":
+                t = None
+            elif node.op == "get_attr":
+                t = tangents.get(node.target)
+            elif node.op == "output":
+                return tg(args[0][0])
+            elif node.op == "call_module":
+                t = self._module_tangent(node, env, tangents, args[0], tg(args[0]))
+            elif node.target in _CONSTANT_FUNCTIONS:
+                t = None
+            elif node.target in (F.relu, torch.relu) or (node.op == "call_method" and node.target == "relu"):
+                t = None if tg(args[0]) is None else torch.ops.aten.threshold_backward(tg(args[0]), env[node], 0.0)
+            elif node.target in (operator.add, operator.sub):
+                ta, tb = tg(args[0]), tg(args[1])
+                t = ta if tb is None else (tb if node.target is operator.add else -tb) if ta is None \
+                    else node.target(ta, tb)
+            elif node.target is operator.mul:
+                ta, tb = tg(args[0]), tg(args[1])
+                parts = ([ta * prim(args[1])] if ta is not None else []) + \
+                        ([prim(args[0]) * tb] if tb is not None else [])
+                t = None if not parts else parts[0] if len(parts) == 1 else parts[0] + parts[1]
+            elif node.target is operator.truediv:
+                ta, tb = tg(args[0]), tg(args[1])
+                t = None if ta is None and tb is None else \
+                    ((ta if ta is not None else 0) - (env[node] * tb if tb is not None else 0)) / prim(args[1])
+            else:                                                     # linear in its first argument
+                t0 = tg(args[0])
+                if t0 is None:
+                    t = None
+                elif node.op == "call_method":
+                    t = getattr(t0, node.target)(*[prim(a) for a in args[1:]],
+                                                 **{k: prim(v) for k, v in node.kwargs.items()})
+                else:
+                    t = node.target(t0, *[prim(a) for a in args[1:]], **{k: prim(v) for k, v in node.kwargs.items()})
+            tan[node] = t
+        raise UnsupportedGraph("graph without output")
+
+    def _module_tangent(self, node, env, tangents, inp_node, t_in):
+        m, name = self.modules[node.target], node.target
+        inp = env[inp_node] if isinstance(inp_node, fx.Node) else inp_node
+        tw, tb = tangents.get(f"{name}.weight"), tangents.get(f"{name}.bias")
+        if isinstance(m, nn.ReLU):
+            return None if t_in is None else torch.ops.aten.threshold_backward(t_in, env[node], 0.0)
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            weight = env["params"][f"{name}.weight"].detach()
+            parts = []
+            if t_in is not None:
+                parts.append(F.conv2d(t_in, weight, None, m.stride, m.padding, m.dilation, m.groups)
+                             if isinstance(m, nn.Conv2d) else F.linear(t_in, weight))
+            if tw is not None:
+                parts.append(F.conv2d(inp.detach(), tw, tb, m.stride, m.padding, m.dilation, m.groups)
+                             if isinstance(m, nn.Conv2d) else F.linear(inp.detach(), tw, tb))
+            elif tb is not None:
+                parts.append(tb.view(1, -1, *([1] * (inp.ndim - 2))).expand_as(env[node]))
+            return None if not parts else parts[0] if len(parts) == 1 else parts[0].add_(parts[1])
+        # BatchNorm2d: y = g * xhat + b, xhat = (x - mu) * invstd with batch statistics:
+        # t_y = g invstd t_x + (t_g - g invstd mean(xhat t_x)) xhat + (t_b - g invstd mean(t_x))
+        mean, invstd, batch_stats = env[(node, "stats")]
+        weight = env["params"].get(f"{name}.weight")
+        gamma = torch.ones_like(invstd) if weight is None else weight.detach()
+        shape = (1, -1, 1, 1)
+        if t_in is None and tw is None and tb is None:
+            return None
+        scale = gamma * invstd
+        # centred input xc = x - mu (xhat = xc * invstd, never materialised): 6 full-tensor passes
+        centred = inp.detach() - mean.view(shape)
+        coef_x = tw if tw is not None else torch.zeros_like(scale)
+        const = tb if tb is not None else torch.zeros_like(scale)
+        if t_in is not None and batch_stats:
+            count = t_in.numel() // t_in.shape[1]
+            coef_x = coef_x - scale * invstd * (centred * t_in).sum([0, 2, 3]) / count
+            const = const - scale * t_in.sum([0, 2, 3]) / count
+        out = torch.addcmul(const.view(shape), centred, (coef_x * invstd).view(shape))
+        return out if t_in is None else out.addcmul_(t_in, scale.view(shape))
+
+
+def _directional_losses(graph: TangentGraph, env: dict, logits: Tensor, y: Tensor, tangents: dict) -> Tensor:
+    """<grad_w L_i(w), v> for the per-sample cross-entropy: t_logits . (softmax - onehot) per row."""
+    t_logits = graph.logits_tangent(env, tangents)
+    with torch.no_grad():
+        probs = torch.softmax(logits.detach(), dim=1)
+        return (probs * t_logits).sum(1) - t_logits.gather(1, y.view(-1, 1)).squeeze(1)
 
 
 class _TrainPass:
     """The training forward of one iteration at w (kept for the backwards of Eq. 2 and Eq. 4)."""
 
     def __init__(self, model: TaskNetwork, learner: MetaLearner, x: Tensor, y: Tensor, embedding: Tensor | None,
-                 buffers: dict[str, Tensor] | None = None):
+                 buffers: dict[str, Tensor] | None = None, tangent_graph: bool = True):
         self.model, self.learner, self.x, self.y, self.embedding = model, learner, x, y, embedding
         self.params = {n: p for n, p in model.named_parameters()}
         self.buffers = {n: b for n, b in model.named_buffers()} if buffers is None else buffers
-        logits, self.features = functional_call(model, (self.params, self.buffers), (x,), {"with_features": True})
-        self.losses = F.cross_entropy(logits, y, reduction="none")           # L_i(w) [n]
+        self.graph = TangentGraph.of(model) if tangent_graph else None
+        if self.graph is not None:
+            self.logits, self.features, self.primals = self.graph.forward(self.params, self.buffers, x)
+        else:
+            self.logits, self.features = functional_call(model, (self.params, self.buffers), (x,),
+                                                         {"with_features": True})
+        self.losses = F.cross_entropy(self.logits, y, reduction="none")      # L_i(w) [n]
+
+    def directional(self, tangent: dict[str, Tensor]) -> Tensor:
+        """<grad_w L_i(w), tangent> [n]: the stored primals' tangent program, else torch.func.jvp
+        (which runs the primal forward again)."""
+        if self.graph is not None:
+            return _directional_losses(self.graph, self.primals, self.logits, self.y, tangent)
+        primal = {n: p.detach() for n, p in self.params.items()}
+        _, out = jvp(lambda p: _per_sample_loss(self.model, p, _buffer_copies(self.model), self.x, self.y),
+                     (primal,), (tangent,))
+        return out.detach()
 
     def policy_weights(self) -> tuple[Tensor, Tensor]:
         outputs = self.learner.outputs(self.features, self.x, self.embedding)
@@ -189,11 +409,7 @@ class _TrainPass:
                  for (n, p), g in zip(self.params.items(), grads)}
         val_loss = _per_sample_loss(self.model, w_hat, lookahead_buffers, x_val, y_val).mean()
         g_val = torch.autograd.grad(val_loss, list(w_hat.values()))
-        primal = {n: p.detach() for n, p in self.params.items()}
-        tangent = dict(zip(self.params, g_val))
-        _, directional = jvp(lambda p: _per_sample_loss(self.model, p, _buffer_copies(self.model), self.x, self.y),
-                             (primal,), (tangent,))                                # <grad L_i(w), g_val> [n]
-        directional = directional.detach()
+        directional = self.directional(dict(zip(self.params, g_val)))        # <grad L_i(w), g_val> [n]
         theta = [p for n, p in zip(names, leaves) if n != "log_alpha"]
         meta_theta = torch.autograd.grad(weights, theta, grad_outputs=-alpha.detach() * directional,
                                          allow_unused=True)
@@ -214,16 +430,17 @@ class MetaAugmentUpdate:
     network (task optimiser, Eq. 4) in place and returns the iteration's `MetaStepStats`."""
 
     def __init__(self, model: TaskNetwork, learner: MetaLearner, task_optimizer: torch.optim.Optimizer,
-                 policy_optimizer: torch.optim.Optimizer, meta_gradient: str = "jvp"):
+                 policy_optimizer: torch.optim.Optimizer, meta_gradient: str = "jvp", tangent_graph: bool = True):
         if meta_gradient not in META_GRADIENTS:
             raise ValueError(f"meta_gradient: expected one of {list(META_GRADIENTS)}, got {meta_gradient!r}")
-        self.model, self.learner = model, learner
+        self.model, self.learner, self.tangent_graph = model, learner, tangent_graph
         self.task_optimizer, self.policy_optimizer, self.mode = task_optimizer, policy_optimizer, meta_gradient
 
     def __call__(self, x: Tensor, y: Tensor, embedding: Tensor | None, x_val: Tensor, y_val: Tensor) -> MetaStepStats:
         self.model.train()
         self.learner.train()
-        train = _TrainPass(self.model, self.learner, x, y, embedding)    # the one forward that moves BN stats
+        train = _TrainPass(self.model, self.learner, x, y, embedding,    # the one forward that moves BN stats
+                           tangent_graph=self.tangent_graph)
         grads, val_loss = train.meta_gradients(x_val, y_val, self.mode)  # Eq. 2-3
         self.policy_optimizer.zero_grad(set_to_none=True)
         for name, p in self.learner.named_parameters():

@@ -11,7 +11,8 @@ def test_speed_benchmark_smoke_profile(tmp_path):
     result = json.loads(path.read_text())
     rows = {r["name"]: r for r in result["rows"]}
     assert rows["baseline step"]["ratio_to_baseline"] == 1.0
-    for name in ("randaugment", "metaaugment (jvp)", "metaaugment (double_backward)", "metaaugment_ownfe (jvp)"):
+    for name in ("randaugment", "metaaugment (jvp)", "metaaugment (double_backward)", "metaaugment_ownfe (jvp)",
+                 "metaaugment (jvp via torch.func, before the tangent program)"):
         assert rows[f"{name} step"]["seconds_per_step"] > 0
     assert next(r for n, r in rows.items() if n.startswith("14-op pipeline"))["images_per_second"] > 0
     assert len(result["verdicts"]) == 1 and result["verdicts"][0].endswith(("met", "NOT met"))

@@ -9,9 +9,12 @@ from torch import nn
 from torch.func import functional_call
 
 from common.augment.image_ops import sample_magnitudes, transformation_embedding
+from common.models.cifar_resnet import CifarResNet
+from common.models.wide_resnet import wide_resnet
 from papers.metaaugment.metaaugment import (
     MetaAugmentUpdate,
     MetaLearner,
+    TangentGraph,
     TaskNetwork,
     meta_gradients,
     policy_optimizer,
@@ -152,3 +155,43 @@ def test_alpha_stays_positive_and_learner_checks():
         learner.log_alpha -= 50.0
     assert float(learner.alpha) > 0
     assert learner.features == "share" and len(learner.theta()) == len(list(learner.parameters())) - 1
+
+
+def _resnet_setup(net, n=6, seed=0):
+    torch.manual_seed(seed)
+    model = TaskNetwork(net, [100.0] * 3, [50.0] * 3).double()
+    learner = MetaLearner(PolicyNetwork(model.feature_dim, True, hidden=5), 0.3).double()
+    e = transformation_embedding(torch.randint(0, 14, (n,)), torch.randint(0, 14, (n,)), sample_magnitudes(n),
+                                 sample_magnitudes(n)).double()
+    batch = (torch.rand(n, 3, 8, 8, dtype=torch.float64) * 255, torch.randint(0, 10, (n,)), e,
+             torch.rand(5, 3, 8, 8, dtype=torch.float64) * 255, torch.randint(0, 10, (5,)))
+    return model, learner, batch
+
+
+@pytest.mark.parametrize("arch", ["resnet8-A", "resnet8-B", "wrn10-1", "wrn10-1-dropout"])
+def test_tangent_program_equals_torch_func_jvp(arch):
+    """The stored-primal tangent program (TangentGraph) gives torch.func.jvp's meta-gradient on the real
+    backbones (option A / B shortcuts, WRN); a graph it has no rule for (dropout) falls back to jvp."""
+    net = {"resnet8-A": lambda: CifarResNet(8, 10), "resnet8-B": lambda: CifarResNet(8, 10, shortcut="B"),
+           "wrn10-1": lambda: wide_resnet(10, 1, 10), "wrn10-1-dropout": lambda: wide_resnet(10, 1, 10, dropout=0.3)}
+    model, learner, batch = _resnet_setup(net[arch]())
+    assert (TangentGraph.of(model) is None) == (arch == "wrn10-1-dropout")
+    if arch == "wrn10-1-dropout":
+        model.eval()                                   # deterministic forward for the comparison
+    a, va = meta_gradients(model, learner, *batch, tangent_graph=True)
+    b, vb = meta_gradients(model, learner, *batch, tangent_graph=False)
+    assert torch.allclose(va, vb, atol=1e-12)
+    for n in b:
+        assert torch.allclose(a[n], b[n], rtol=1e-10, atol=1e-13), n
+
+
+def test_graph_forward_is_the_module_forward():
+    """The fx training forward gives the module's logits, features and BatchNorm running statistics."""
+    model, _, (x, *_rest) = _resnet_setup(CifarResNet(8, 10))
+    ref = copy.deepcopy(model)
+    params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
+    logits, feats, _ = TangentGraph.of(model).forward(params, buffers, x)
+    ref_logits, ref_feats = ref(x, with_features=True)
+    assert torch.equal(logits, ref_logits) and torch.equal(feats, ref_feats)
+    for (n, b), (_, rb) in zip(model.named_buffers(), ref.named_buffers()):
+        assert torch.equal(b, rb), n
