@@ -205,9 +205,13 @@ def test_bad_params_are_errors_naming_the_key(tmp_path, capsys, mutate, message)
     assert f"error: params.yaml: metaaugment.profiles.smoke.{message}" in err, err
 
 
-def test_report_section_shows_the_learned_distribution():
+def test_report_section_shows_the_learned_distribution(tmp_path, monkeypatch):
     from common.augment.image_ops import OPS
+    from papers.metaaugment import report_sections as hook
     from papers.metaaugment.report_sections import op_marginals, report_sections
+
+    monkeypatch.chdir(tmp_path)                       # the hook writes reports/figures/ under the cwd
+    hook._panels.clear()
 
     uniform = [[1 / 196] * 14 for _ in range(14)]
     skewed = [[(4.0 if a == "Identity" else 1.0) for a in OPS] for _ in OPS]      # second op Identity 4x
@@ -220,6 +224,31 @@ def test_report_section_shows_the_learned_distribution():
     marg = op_marginals(list(OPS), uniform)
     assert all(abs(v - 1 / 14) < 1e-12 for v in marg.values())
     lines = report_sections("table3", runs, {})
-    assert len(lines) == 6 and "| omniglot_resnet8 | metaaugment | 2 |" in lines[4] and lines[-1] == ""
+    assert len(lines) == 8 and "| omniglot_resnet8 | metaaugment | 2 |" in lines[4] and lines[-1] == ""
     assert "Identity" in lines[4].split("|")[5] and "alpha" in lines[2]
-    assert report_sections("table1", runs[2:], {}) == []
+    assert "reports/figures/metaaugment_figure2.png" in lines[6] and (tmp_path / hook.FIGURE2).stat().st_size > 0
+    assert report_sections("table1", runs[2:], {}) == []            # no CIFAR panel, the Omniglot one stays
+    assert (tmp_path / hook.FIGURE2).exists()
+
+
+def test_figure2_heat_map_without_and_with_results(tmp_path, monkeypatch):
+    """No MetaAugment distribution: no file and no error (a stale file is removed); CIFAR and Omniglot
+    distributions: one PNG with both panels, redrawn when the second table is reported."""
+    from common.augment.image_ops import OPS
+    from papers.metaaugment import report_sections as hook
+
+    monkeypatch.chdir(tmp_path)
+    hook._panels.clear()
+    assert hook.report_sections("table1", [], {}) == [] and hook.report_sections("table3", [], {}) == []
+    assert not (tmp_path / hook.FIGURE2).exists()
+    uniform = [[1 / 196] * 14 for _ in range(14)]
+    run = {"method": "metaaugment", "profile": "smoke", "metrics": {"sampler_probs": uniform, "ops": list(OPS)}}
+    hook.report_sections("table1", [{**run, "setting": "cifar10_resnet20"}], {})
+    first = (tmp_path / hook.FIGURE2).read_bytes()
+    hook.report_sections("table3", [{**run, "setting": "omniglot_resnet8"}], {})
+    assert (tmp_path / hook.FIGURE2).read_bytes() != first                 # now with the Omniglot panel
+    assert set(hook._panels) == {"table1", "table3"} and all(hook._panels.values())
+    hook._panels.clear()
+    hook.report_sections("table1", [], {})
+    hook.report_sections("table3", [], {})
+    assert not (tmp_path / hook.FIGURE2).exists()
