@@ -42,7 +42,10 @@ from papers.influence.transforms import TAU_DIM, sample_tau
 
 def proposed_config(params: dict, profile: str, table: str) -> dict:
     """The first `proposed` run config of the table (it carries G's params: one G per data set)."""
-    block = params["influence"]["profiles"][profile].get(table)
+    profiles = params["influence"]["profiles"]
+    if profile not in profiles:
+        raise ConfigError(f"influence.profiles: no profile {profile!r}; expected one of {sorted(profiles)}")
+    block = profiles[profile].get(table)
     if block is None:
         raise ConfigError(f"influence.profiles.{profile}: no {table}; expected one of "
                           f"{sorted(params['influence']['profiles'][profile])}")

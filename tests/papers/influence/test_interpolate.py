@@ -37,3 +37,8 @@ def test_strip_from_the_cached_g(tmp_path):
     assert report["generator"]["path"] == tables.transform_path(config, split).name
     assert [c["alpha"] for c in report["columns"]] == pytest.approx([0, 1 / 3, 2 / 3, 1])
     assert all(c["disp_rms_px"] > 0 and c["image_rms_change"] > 0 for c in report["columns"])
+
+
+def test_unknown_profile_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit, match=r"error: influence.profiles: no profile 'gpu'; expected one of \['cpu', "):
+        interpolate.main(["--profile", "gpu"])
