@@ -5,7 +5,8 @@ table the report shows, for the `proposed` runs: the fixed G (file, sha256, GAN 
 pixels and coordinates at the end of training) and, per encoder round, the batch mean of I_aug at E's first and
 last step (averaged over the runs; negative and falling = E finds samples predicted to lower the validation
 loss). After Table 1 it adds the retraining check (predicted vs actual leave-one-out change of the validation
-loss) if `python3 -m papers.influence.retraining --profile <profile>` has written its JSON.
+loss) if `python3 -m papers.influence.retraining --profile <profile>` has written its JSON, and the toy study's
+verdicts (Fig. 3); after each table the tau strip of its G (Fig. 4) when those commands have written their files.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import statistics
 from pathlib import Path
 
 RETRAINING_DIR = Path("reports/influence_retraining")
+FIGURES_DIR = Path("reports/figures")
 
 
 def _row(values) -> str:
@@ -67,6 +69,24 @@ def retraining_lines(profile: str | None) -> list[str]:
             _row(header), _row(["---"] * len(header)), *map(_row, rows), ""]
 
 
+def figure_lines(table: str, profile: str | None) -> list[str]:
+    """The toy study (Fig. 3, after Table 1) and the tau strip of the table's G (Fig. 4), when their files exist."""
+    if profile is None:
+        return []
+    lines = []
+    toy = FIGURES_DIR / ("influence_figure3.json" if profile == "cpu" else f"influence_figure3_{profile}.json")
+    if table == "table1" and toy.exists():
+        report = json.loads(toy.read_text())
+        head = (f"Toy 2D study (Fig. 3 analog, `python3 -m papers.influence.toy --profile {profile}`; figure "
+                f"`{toy.with_suffix('.png')}`):")
+        lines += [head, "", *[f"- {v}" for v in report["verdicts"]], ""]
+    dataset = {"table1": "mnist", "table2": "cifar10"}.get(table)
+    strip = FIGURES_DIR / f"influence_figure4_{dataset}_{profile}.png"
+    if strip.exists():
+        lines += [f"Tau interpolation strip of this table's G (Appendix C, Fig. 4 analog): `{strip}`.", ""]
+    return lines
+
+
 def report_sections(table: str, runs: list[dict], published: dict) -> list[str]:
     """Markdown lines after a table's orderings: G, the encoder rounds of Proposed, the retraining check."""
     spec = published["tables"][table]
@@ -78,6 +98,7 @@ def report_sections(table: str, runs: list[dict], published: dict) -> list[str]:
         lines += [("Alg. 1's encoder rounds of Proposed (E minimises the batch mean of I_aug, Eq. 15; lower = samples "
                   "predicted to lower the validation loss more):"), "", *generator_lines(runs), "",
                   _row(header), _row(["---"] * len(header)), *map(_row, rows), ""]
+    profile = runs[0].get("profile") if runs else None
     if table == "table1":
-        lines += retraining_lines(runs[0].get("profile") if runs else None)
-    return lines
+        lines += retraining_lines(profile)
+    return lines + figure_lines(table, profile)

@@ -143,6 +143,11 @@ def test_report_section_shows_g_encoder_rounds_and_retraining(tmp_path, monkeypa
     assert "| MNIST 1% | 1 | 1 | -0.15 | -0.45 | 1 | 2 |" in text and "G `mnist_abc.pt`" in text
     assert "| logistic_regression | 34 | 100 | 0.900 | 0.950 | 0.0 | 9 |" in text
     assert rs.report_sections("table2", [], {"tables": {"table2": {"results": {}, "settings": {}}}}) == []
+    monkeypatch.setattr(rs, "FIGURES_DIR", tmp_path)
+    (tmp_path / "influence_figure3_smoke.json").write_text(json.dumps({"verdicts": ["row 2: downward -> agrees"]}))
+    (tmp_path / "influence_figure4_mnist_smoke.png").write_bytes(b"png")
+    text = "\n".join(rs.report_sections("table1", runs, published))
+    assert "- row 2: downward -> agrees" in text and "influence_figure4_mnist_smoke.png" in text
 
 
 class Interrupt(Exception):
