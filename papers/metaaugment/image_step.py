@@ -9,6 +9,10 @@ Methods:
 * `metaaugment`  Algorithm 1: op pairs from the transformation sampler (Eq. 5), the bilevel update
                  (Eq. 2-4, `papers.metaaugment.metaaugment`), policy with the transformation
                  embedding (w.TE) on the task network's features (share FE).
+* `transforms_per_sample` m > 1 (Table 2's MetaAugment+MT): each image of the batch is augmented m
+                 times, each copy with its own op pair, magnitudes, flip/crop and Cutout; all m n samples
+                 enter Eq. 2-4 as one mini-batch (weights normalised over the m n outputs, the sampler
+                 records all of them); the validation batch is unchanged.
 * `metaaugment_ote`, `metaaugment_ownfe`  Table 5's ablations: no embedding (o.TE); the policy's own
                  feature extractor (own FE: a second network of the task architecture, its
                  parameters part of theta).
@@ -99,13 +103,18 @@ class MethodStep:
                  sampler_r: int = 1, sampler_s: int = 1, policy_lr: float = 1e-3, policy_momentum: float = 0.9,
                  policy_nesterov: bool = True, policy_weight_decay: float = 5e-4, alpha_init: float = 0.1,
                  val_batch_size: int = 128, meta_gradient: str = "jvp", baseline_cutout: bool = False,
-                 cutout_size: int = 16, extractor: TaskNetwork | None = None):
+                 cutout_size: int = 16, extractor: TaskNetwork | None = None, transforms_per_sample: int = 1):
         if method not in METHODS:
             raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
         if kind not in KINDS:
             raise ValueError(f"kind: expected one of {list(KINDS)}, got {kind!r}")
         self.method, self.model, self.optimizer, self.schedule, self.kind = method, model, optimizer, schedule, kind
         self.baseline_cutout, self.cutout_size = baseline_cutout, cutout_size
+        if not isinstance(transforms_per_sample, int) or transforms_per_sample < 1 or \
+                (transforms_per_sample > 1 and method not in VARIANTS):
+            raise ValueError(f"transforms_per_sample: expected an int >= 1 (> 1 only for {list(VARIANTS)}), got "
+                             f"{transforms_per_sample!r} for {method}")
+        self.transforms_per_sample = transforms_per_sample
         self.generator = torch.Generator().manual_seed(int(seed))
         self.steps = 0
         self.sampler = TransformationSampler(eps if method in VARIANTS else 1.0, sampler_r, sampler_s)
@@ -151,10 +160,14 @@ class MethodStep:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
-        images, transform = self.augmented(batch.x.cpu())
+        raw, y = batch.x, batch.y
+        if self.transforms_per_sample > 1:                        # Table 2's MT: every image m times, each
+            raw = raw.repeat(self.transforms_per_sample, *([1] * (raw.ndim - 1)))   # with its own transformation
+            y = y.repeat(self.transforms_per_sample)
+        images, transform = self.augmented(raw.cpu())
         x = images.to(batch.x.device).float()
         if self.update is None:                                   # baseline, randaugment: equal weights
-            loss = F.cross_entropy(self.model(x), batch.y)
+            loss = F.cross_entropy(self.model(x), y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -163,7 +176,7 @@ class MethodStep:
         j, k, m1, m2 = transform
         embedding = transformation_embedding(j, k, m1, m2).to(x.device) if self.use_embedding else None
         x_val, y_val = self._val_batch(x.device)
-        stats = self.update(x, batch.y, embedding, x_val, y_val)   # Eq. 2-4
+        stats = self.update(x, y, embedding, x_val, y_val)         # Eq. 2-4
         self.sampler.record(j, k, stats.outputs)                 # Eq. 5 every s iterations
         self._record(stats)
         self.steps += 1

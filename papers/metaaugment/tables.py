@@ -5,7 +5,12 @@ the cpu stand-in `cifar10_resnet20`; methods baseline, randaugment, metaaugment.
 Table 3: Omniglot (15 / 2 / 3 drawings per character) with WRN-28-10, WRN-40-2 and the cpu stand-in.
 Table 4: ImageNet ResNet-50/200 (`paper` profile config only: no ImageNet here).
 Table 5: the policy-network ablation (metaaugment_ote, metaaugment_ownfe beside metaaugment).
-Table 2 (Multiple Transformations per sample) is not built (quoted in paper_tables.yaml only).
+Figure 5: the sampler's eps (Eq. 5) in {0, 0.1, 1.0}: `metaaugment_eps0`, `metaaugment` (the table's
+eps, 0.1), `metaaugment_eps1` (uniform op pairs, the policy still weighting); the paper's is
+Omniglot WRN-28-10, the cpu profile's CIFAR-10 ResNet-20 (Table 1's recipe).
+Table 2: MetaAugment + Multiple Transformations (`metaaugment_mt`: every training image augmented
+`transforms_per_sample` = 4 times, all 4 n samples in Eq. 2-4) on CIFAR WRN-28-10 and the cpu stand-in;
+AdvAA is quoted only.
 A setting is `<dataset>_<arch>`; its name fixes both. Hyperparameters come from params.yaml
 (metaaugment.profiles); papers/metaaugment/README.md lists every choice the paper leaves open.
 """
@@ -70,6 +75,8 @@ class TableDef:
 
 
 MAIN_METHODS = ("baseline", "randaugment", "metaaugment")
+EPS_METHODS = {"metaaugment_eps0": 0.0, "metaaugment_eps1": 1.0}     # Figure 5: metaaugment with this eps
+MT_METHODS = ("metaaugment_mt",)                 # Table 2: metaaugment with transforms_per_sample > 1
 ABLATION_METHODS = ("metaaugment_ote", "metaaugment_ownfe", "metaaugment")
 TABLES = {
     "table1": TableDef(tuple(f"cifar10_{a}" for a in ("wrn28_10", "wrn40_2", *NO_MODEL, "resnet20"))
@@ -83,6 +90,11 @@ TABLES = {
     "table5": TableDef(("cifar10_wrn28_10", "cifar100_wrn28_10", "omniglot_wrn28_10", "cifar10_resnet20",
                         "omniglot_resnet8", "omniglot_resnet20"),
                        ABLATION_METHODS, "Policy network ablation: o.TE / own FE beside MetaAugment (w.TE, share FE)"),
+    "table2": TableDef(("cifar10_wrn28_10", "cifar100_wrn28_10", "cifar10_resnet20"), MT_METHODS,
+                       "CIFAR with Multiple Transformations per sample: MetaAugment+MT (AdvAA quoted)"),
+    "figure5": TableDef(("omniglot_wrn28_10", "cifar10_resnet20", "omniglot_resnet8"),
+                        ("metaaugment_eps0", "metaaugment", "metaaugment_eps1"),
+                        "The sampler's eps (Eq. 5): 0, the table's eps (0.1), 1.0 (Figure 5)"),
 }
 _WRN = re.compile(r"wrn(\d+)_(\d+)$")
 _RESNET = re.compile(r"resnet(\d+)$")
@@ -143,13 +155,14 @@ class MetaTable(TableBlock):
     alpha_init: PosFloat = None                             # alpha^(0) of Eq. 2
     val_batch_size: PosInt = None                           # n_val of Eq. 3
     meta_gradient: Str(choices=META_GRADIENTS) = "jvp"
+    transforms_per_sample: PosInt = 4                       # Table 2's MT (metaaugment_mt only)
     methods: List(Value((str,)), unique=True, min_len=1)
     settings: dict[str, Setting]
     not_run: Mapping(Value((str,))) = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _consistent(self):
-        meta = [m for m in self.methods if m in VARIANTS]
+        meta = [m for m in self.methods if m in VARIANTS or m in EPS_METHODS or m in MT_METHODS]
         for key in ("eps", "sampler_every_epochs", "sampler_window_epochs", "policy_lr", "policy_momentum",
                     "policy_weight_decay", "alpha_init", "val_batch_size"):
             if meta and getattr(self, key) is None:
@@ -200,14 +213,24 @@ def run_config(table: str, setting: str, method: str, seed: int, cfg: MetaTable,
     }
     if method == "baseline" and KIND[dataset] == "cifar":
         config["baseline_cutout"] = cfg.baseline_cutout
-    if method in VARIANTS:
-        config["policy"] = {"embedding": VARIANTS[method][0], "features": VARIANTS[method][1], "eps": cfg.eps,
+    if method in VARIANTS or method in EPS_METHODS or method in MT_METHODS:
+        step = step_method(method)
+        config["policy"] = {"embedding": VARIANTS[step][0], "features": VARIANTS[step][1],
+                            "eps": EPS_METHODS.get(method, cfg.eps),
                             "sampler_every_epochs": cfg.sampler_every_epochs,
                             "sampler_window_epochs": cfg.sampler_window_epochs, "lr": cfg.policy_lr,
                             "momentum": cfg.policy_momentum, "nesterov": True,
                             "weight_decay": cfg.policy_weight_decay, "alpha_init": cfg.alpha_init,
                             "val_batch_size": cfg.val_batch_size, "meta_gradient": cfg.meta_gradient}
+        if method in MT_METHODS:
+            config["policy"]["transforms_per_sample"] = cfg.transforms_per_sample
     return config
+
+
+def step_method(method: str) -> str:
+    """The training step a table method runs (`image_step.METHODS`): Figure 5's eps rows and Table 2's MT
+    row are metaaugment (with another eps / transforms_per_sample)."""
+    return "metaaugment" if method in EPS_METHODS or method in MT_METHODS else method
 
 
 def resolve_requirements(config: dict, deps: list[dict]) -> dict:
@@ -325,8 +348,8 @@ def execute(config: dict, mirror: str | None, on_epoch: Callable[[dict], None] |
                       policy_momentum=policy["momentum"], policy_nesterov=policy["nesterov"],
                       policy_weight_decay=policy["weight_decay"], alpha_init=policy["alpha_init"],
                       val_batch_size=policy["val_batch_size"], meta_gradient=policy["meta_gradient"],
-                      extractor=extractor)
-    step = MethodStep(config["method"], model, optimizer, schedule, kind=config["kind"],
+                      extractor=extractor, transforms_per_sample=policy.get("transforms_per_sample", 1))
+    step = MethodStep(step_method(config["method"]), model, optimizer, schedule, kind=config["kind"],
                       seed=1_000_003 * (seed + 1), **kwargs)
     fit = fit_with_dev_selection(model, train, dev, test, batch_size=config["batch_size"], epochs=config["epochs"],
                                  step=step, seed_generator=torch.Generator().manual_seed(seed),
@@ -340,7 +363,7 @@ def execute(config: dict, mirror: str | None, on_epoch: Callable[[dict], None] |
 # Optional hooks of the paper contract (pipelines/papers.py).
 def run_cost(method: str) -> int:
     """Cost rank (cheaper runs first within a seed): plain steps, then the bilevel ones (own FE last)."""
-    return {"baseline": 0, "randaugment": 0, "metaaugment_ownfe": 2}.get(method, 1)
+    return {"baseline": 0, "randaugment": 0, "metaaugment_ownfe": 2, "metaaugment_mt": 3}.get(method, 1)
 
 
 # The report hook, as a reference (imported only by `repro report`): Figure 2's learned distribution as numbers.
@@ -349,4 +372,4 @@ report_sections = "papers.metaaugment.report_sections:report_sections"
 # `repro bench --paper metaaugment --suite speed`: "module:function", imported only when the suite runs.
 BENCH_SUITES = {"speed": "papers.metaaugment.bench:run_suite"}
 
-assert set(METHODS) >= set(MAIN_METHODS) | set(ABLATION_METHODS)
+assert set(METHODS) >= set(MAIN_METHODS) | set(ABLATION_METHODS) | {step_method(m) for m in EPS_METHODS}

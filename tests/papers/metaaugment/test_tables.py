@@ -186,6 +186,10 @@ PARAMS_ERRORS = [
     pytest.param(_set("table1", "methods", ["baseline", "autoaugment"]), "table1.methods: unknown method(s) "
                  "['autoaugment'] for table1", id="method-unknown"),
     pytest.param(_set("table3", "meta_gradient", "double_backward"), None, id="double-backward-ok"),
+    pytest.param(_set("table2", "transforms_per_sample", 0), "table2.transforms_per_sample: expected",
+                 id="mt-zero-transforms"),
+    pytest.param(_set("figure5", "methods", ["metaaugment_eps0", "metaaugment_eps2"]), "figure5.methods: unknown "
+                 "method(s) ['metaaugment_eps2'] for figure5", id="eps-method-unknown"),
 ]
 
 
@@ -252,3 +256,55 @@ def test_figure2_heat_map_without_and_with_results(tmp_path, monkeypatch):
     hook.report_sections("table1", [], {})
     hook.report_sections("table3", [], {})
     assert not (tmp_path / hook.FIGURE2).exists()
+
+
+def test_figure5_sweeps_eps_on_the_table1_recipe(mirror):
+    """Figure 5: eps 0 / 0.1 / 1.0 as metaaugment_eps0 / metaaugment / metaaugment_eps1; cpu = Table 1's cpu
+    recipe on CIFAR-10 ResNet-20 with 3 seeds, paper = Omniglot WRN-28-10; eps 1.0 keeps the sampler uniform."""
+    p = load_params(REPO / "params.yaml")
+    cpu = table_configs(p, "metaaugment", "cpu", "figure5")
+    assert len(cpu) == 9 and {c["method"]: c["policy"]["eps"] for c in cpu} == {
+        "metaaugment_eps0": 0.0, "metaaugment": 0.1, "metaaugment_eps1": 1.0}
+    t1 = next(c for c in table_configs(p, "metaaugment", "cpu", "table1") if c["method"] == "metaaugment")
+    f5 = next(c for c in cpu if c["method"] == "metaaugment" and c["seed"] == t1["seed"])
+    assert {k: v for k, v in f5.items() if k != "table"} == {k: v for k, v in t1.items() if k != "table"}
+    paper = table_configs(p, "metaaugment", "paper", "figure5")
+    assert {c["setting"] for c in paper} == {"omniglot_wrn28_10"} and len(paper) == 15
+    smoke = smoke_config("metaaugment_eps1", table="figure5")
+    assert (smoke["policy"]["eps"], smoke["setting"]) == (1.0, "cifar10_resnet20")
+    config = smoke_config("metaaugment", table="table3", epochs=1)           # the fast Omniglot slice
+    config = {**config, "method": "metaaugment_eps1", "policy": {**config["policy"], "eps": 1.0}}
+    m = tables.execute(config, mirror)["metrics"]
+    assert torch.allclose(torch.tensor(m["sampler_probs"], dtype=torch.float64),
+                          torch.full((14, 14), 1 / 196, dtype=torch.float64), atol=1e-6)
+    assert m["alpha_final"] != 0.1                                      # the bilevel step ran (not randaugment)
+
+
+def test_table2_mt_augments_every_image_four_times():
+    """Table 2's MetaAugment+MT: metaaugment_mt = Table 1's cpu metaaugment with transforms_per_sample 4; the
+    step feeds all 4 n augmented samples (each copy its own op pair) to Eq. 2-4 and records them all."""
+    from common.models.cifar_resnet import CifarResNet
+    from common.train.batches import ArrayData, Batch
+    from papers.metaaugment.image_step import MethodStep
+    from papers.metaaugment.metaaugment import TaskNetwork
+
+    p = load_params(REPO / "params.yaml")
+    (mt,) = [c for c in table_configs(p, "metaaugment", "cpu", "table2") if c["seed"] == 0]
+    t1 = next(c for c in table_configs(p, "metaaugment", "cpu", "table1") if c["method"] == "metaaugment" and c["seed"] == 0)
+    assert mt["policy"].pop("transforms_per_sample") == 4 and "transforms_per_sample" not in t1["policy"]
+    assert {k: v for k, v in mt.items() if k not in ("table", "method")} == \
+        {k: v for k, v in t1.items() if k not in ("table", "method")}
+    model = TaskNetwork(CifarResNet(8, 10), [125.0] * 3, [60.0] * 3)
+    dev = ArrayData(torch.rand(4, 3, 32, 32) * 255, torch.arange(4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    step = MethodStep("metaaugment", model, opt, CosineSchedule(0.1, 10), kind="cifar", dev=dev, val_batch_size=4,
+                      transforms_per_sample=4)
+    seen = {}
+    update = step.update
+    step.update = lambda x, y, *rest: seen.update(x=x, y=y) or update(x, y, *rest)
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    step(Batch(images, torch.tensor([0, 1, 2]), torch.arange(3)))
+    assert seen["x"].shape == (12, 3, 32, 32) and seen["y"].tolist() == [0, 1, 2] * 4
+    assert int(step.sampler._counts.sum()) == 12
+    with pytest.raises(ValueError, match="transforms_per_sample"):
+        MethodStep("baseline", model, opt, CosineSchedule(0.1, 10), kind="cifar", transforms_per_sample=4)
