@@ -35,7 +35,7 @@ def test_dvc_repro_smoke_end_to_end(tmp_path, mirror):
     subprocess.run(["git", "init", "-q"], cwd=work, check=True)
     env = {**os.environ, "PYTHONPATH": str(work)}     # the copy's code, not the editable install's checkout
     before = own_files()
-    proc = subprocess.run(["dvc", "repro"], cwd=work, capture_output=True, text=True, timeout=1500, env=env)
+    proc = subprocess.run(["dvc", "repro"], cwd=work, capture_output=True, text=True, timeout=2700, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     results = sorted((work / "results/smoke/hu19").glob("*/*/*/seed*.json"))
