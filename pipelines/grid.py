@@ -24,6 +24,15 @@ def table_configs(params: dict, paper: str, profile: str, table: str) -> list[di
     return module.run_configs(table, cfg, profile)
 
 
+def method_configs(params: dict, paper: str, profile: str, table: str, method: str) -> list[dict]:
+    """The run configs `table` of `profile` would have for `method` if it listed only that method (a
+    method it scores from another table's runs, `methods_from` in paper_tables.yaml)."""
+    module = paper_module(paper)
+    cfg = {**table_config(params, paper, profile, table), "methods": [method]}
+    module.validate_table_config(table, cfg, f"params.yaml: {paper}.profiles.{profile}.{table} (as {method})")
+    return module.run_configs(table, cfg, profile)
+
+
 def current_hashes(params: dict, paper: str, profile: str, table: str, results: list[dict]) -> dict:
     """(setting, method, seed) -> the config hash a result needs to count under the current params
     (None: cannot count, its `requires` results are missing or stale). Dependent runs (base_val)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 from pipelines.papers import PAPER_MODULES, hook
@@ -278,12 +279,16 @@ def render_performance(benchmark_path: Path) -> str:
 
 
 def render_inventory(reports: list[TableReport]) -> str:
-    """Per table: number of committed runs, their total wall-clock hours and the git shas they came from."""
+    """Per table: number of committed runs, their total wall-clock hours and the git shas they came from;
+    runs a table scores from another table's (`runs_from`, `methods_from`) are counted there, shown as (+n of t)."""
     rows = []
     for report in reports:
-        hours = sum(float(run["wall_s"]) for run in report.runs) / 3600
-        shas = ", ".join(f"`{sha}`" for sha in sorted({run["git_sha"] for run in report.runs})) or "—"
-        rows.append([report.table, len(report.runs), f"{hours:.2f}", shas])
+        own = [run for run in report.runs if not run.get("borrowed_from")]
+        shared = Counter(run["borrowed_from"] for run in report.runs if run.get("borrowed_from"))
+        count = f"{len(own)}" + "".join(f" (+{n} of {source})" for source, n in sorted(shared.items()))
+        hours = sum(float(run["wall_s"]) for run in own) / 3600
+        shas = ", ".join(f"`{sha}`" for sha in sorted({run["git_sha"] for run in own})) or "—"
+        rows.append([report.table, count, f"{hours:.2f}", shas])
     header = ["table", "runs", "wall-clock hours", "git shas"]
     return "\n".join(["## Run inventory", "", *markdown_table(header, rows)]) + "\n"
 

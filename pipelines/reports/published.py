@@ -26,7 +26,28 @@ def load_published(paper: str, papers_dir: Path = PAPERS_DIR) -> dict | None:
         validate_stated_in_text(name, spec)
         validate_official_logs(name, spec)
         validate_runs_from(path, name, spec, published["tables"])
+        validate_methods_from(path, name, spec, published["tables"])
     return published
+
+
+def validate_methods_from(path: Path, table: str, spec: dict, tables: dict) -> None:
+    """`methods_from: {method: [table, ...]}` (a method scored from another table's runs with the same
+    config, see `table_report.borrowed_runs`): each method a row of the table, each source another table."""
+    entries = spec.get("methods_from")
+    if entries is None:
+        return
+    where = f"{path}: tables.{table}.methods_from"
+    if not isinstance(entries, dict):
+        raise ConfigError(f"{where}: expected a mapping method -> list of tables, got {type(entries).__name__}")
+    for method, sources in entries.items():
+        if method not in spec.get("methods", {}):
+            raise ConfigError(f"{where}.{method}: not a method (row) of the table; expected one of "
+                              f"{sorted(spec.get('methods', {}))}")
+        others = sorted(t for t in tables if t != table)
+        if (not isinstance(sources, list) or not sources
+                or any(not isinstance(s, str) or s == table or s not in tables for s in sources)):
+            raise ConfigError(f"{where}.{method}: expected a non-empty list of other tables of this file "
+                              f"({others}), got {sources!r}")
 
 
 def validate_runs_from(path: Path, table: str, spec: dict, tables: dict) -> None:

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 
 from common.errors import ConfigError
-from pipelines.grid import current_hashes
+from pipelines.grid import current_hashes, method_configs, table_configs
 from pipelines.reports.published import reference_method
 from pipelines.reports.stats import Stats, Verdict, aggregate, like_for_like_verdict, ordering_verdict
 
@@ -146,16 +146,69 @@ def cell_runs(runs: list[dict], table: str) -> list[dict]:
         if cells is None:
             rows += [r] if r["table"] == table else []
             continue
-        rows += [{**r, "table": table, "setting": setting, "metrics": {**r["metrics"], "test_acc": value}}
+        shared = {"borrowed_from": r["table"]} if r["table"] != table else {}
+        rows += [{**r, "table": table, "setting": setting, "metrics": {**r["metrics"], "test_acc": value}, **shared}
                  for setting, value in cells.get(table, {}).items()]
     return rows
+
+
+def _without_table(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k != "table"}
+
+
+def borrowed_runs(spec: dict, table: str, config: dict | None, params: dict, paper: str, profile: str,
+                  results: list[dict]) -> tuple[list[dict], dict[tuple[str, str], str], list[str]]:
+    """`methods_from: {method: [table, ...]}` (paper_tables.yaml): a method this table does not run in the
+    profile is scored from the first listed table whose runs of it have exactly the configs this table would
+    give them (every key but `table`), setting by setting; e.g. metaaugment's Figure 5 eps = 0.1 point is
+    Table 1's `metaaugment`. Returns those runs (current ones only, `table` set to this table and
+    `borrowed_from` to the source), why a (setting, method) has none, and one footnote per borrowed cell."""
+    if config is None:
+        return [], {}, []
+    tables = params.get(paper, {}).get("profiles", {}).get(profile, {})
+    runs, reasons, notes = [], {}, []
+    for method, sources in (spec.get("methods_from") or {}).items():
+        if method in config.get("methods", []):
+            continue                                   # this profile runs it in the table itself
+        wanted: dict[str, dict[int, dict]] = {}
+        for c in method_configs(params, paper, profile, table, method):
+            wanted.setdefault(c["setting"], {})[c["seed"]] = _without_table(c)
+        for setting, seeds in wanted.items():
+            why = []
+            for source in sources:
+                if method not in tables.get(source, {}).get("methods", []):
+                    why.append(f"{source} does not run it in the `{profile}` profile")
+                    continue
+                theirs = {c["seed"]: _without_table(c) for c in table_configs(params, paper, profile, source)
+                          if c["method"] == method and c["setting"] == setting}
+                if not theirs:
+                    why.append(f"{source} has no {setting} runs of it")
+                    continue
+                differ = sorted({key for seed, mine in seeds.items() for key in set(mine) | set(theirs.get(seed, {}))
+                                 if mine.get(key) != theirs.get(seed, {}).get(key)})
+                if differ:
+                    why.append(f"{source}'s runs of it differ in {', '.join(differ)}")
+                    continue
+                found, _, _ = current_runs(source, tables[source], params, paper, profile,
+                                           [r for r in results if r["table"] == source])
+                mine = [{**r, "table": table, "borrowed_from": source} for r in found
+                        if r["method"] == method and r["setting"] == setting and r["seed"] in seeds]
+                runs += mine
+                notes.append(f"{method} ({setting}): {source}'s runs (the same config; `methods_from`)")
+                if not mine:
+                    reasons[(setting, method)] = f"none of {source}'s {len(seeds)} planned runs of it finished yet"
+                break
+            else:
+                reasons[(setting, method)] = "no table runs it with this table's config: " + "; ".join(why)
+    return runs, reasons, notes
 
 
 def build_table(published: dict, table: str, params: dict, paper: str, profile: str,
                 results: list[dict]) -> TableReport:
     """Cells with verdicts and deviation footnotes of one published table. A table with `runs_from:
     <table>` (paper_tables.yaml) has no runs of its own: its cells come from that table's runs
-    (`cell_runs`), checked against that table's config."""
+    (`cell_runs`), checked against that table's config; `methods_from` scores single methods from
+    another table's runs (`borrowed_runs`)."""
     spec = published["tables"][table]
     source = spec.get("runs_from", table)
     paper_n = spec.get("n", published["n"])
@@ -170,6 +223,8 @@ def build_table(published: dict, table: str, params: dict, paper: str, profile: 
     runs, stale, stale_check = current_runs(source, config, params, paper, profile,
                                             [r for r in results if r["table"] == source])
     runs, stale = cell_runs(runs, table), cell_runs(stale, table)
+    borrowed, borrowed_why, borrowed_notes = borrowed_runs(spec, table, config, params, paper, profile, results)
+    runs, footnotes = runs + borrowed, footnotes + borrowed_notes
     ours_stats = aggregate(runs)
     reference = reference_method(spec)
     cells = []
@@ -185,8 +240,10 @@ def build_table(published: dict, table: str, params: dict, paper: str, profile: 
             if variant and ours is None and config is not None and method not in config.get("methods", []):
                 continue  # our variant, not planned in this profile: no row
             setting_spec = spec.get("settings", {}).get(setting, {})
+            run_setting = setting_spec.get("run_setting", setting)
             not_run = ": " + (spec.get("methods", {}).get(method, {}).get("not_run") or setting_spec.get("not_run")
-                              or not_run_reason(config, setting_spec.get("run_setting", setting), method, profile))
+                              or borrowed_why.get((run_setting, method))
+                              or not_run_reason(config, run_setting, method, profile))
             verdict = cell_verdict(method, theirs, ours, paper_base, ours_base, like_for_like, not_run, reference)
             log = official_log_stats(published_cell)
             log_verdict = None if log is None else cell_verdict(method, log, ours, log_base, ours_base,
