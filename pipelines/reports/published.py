@@ -31,8 +31,9 @@ def load_published(paper: str, papers_dir: Path = PAPERS_DIR) -> dict | None:
 
 
 def validate_methods_from(path: Path, table: str, spec: dict, tables: dict) -> None:
-    """`methods_from: {method: [table, ...]}` (a method scored from another table's runs with the same
-    config, see `table_report.borrowed_runs`): each method a row of the table, each source another table."""
+    """`methods_from: {method: [source, ...]}` (a method scored from another table's runs with the same
+    config, see `table_report.borrowed_runs`): each method a row of the table, each source another table's
+    name or {table: <name>, method: <method id>}."""
     entries = spec.get("methods_from")
     if entries is None:
         return
@@ -44,10 +45,15 @@ def validate_methods_from(path: Path, table: str, spec: dict, tables: dict) -> N
             raise ConfigError(f"{where}.{method}: not a method (row) of the table; expected one of "
                               f"{sorted(spec.get('methods', {}))}")
         others = sorted(t for t in tables if t != table)
-        if (not isinstance(sources, list) or not sources
-                or any(not isinstance(s, str) or s == table or s not in tables for s in sources)):
+
+        def is_source(s) -> bool:
+            name = s.get("table") if isinstance(s, dict) and set(s) == {"table", "method"} \
+                and isinstance(s["method"], str) else s
+            return isinstance(name, str) and name != table and name in tables
+
+        if not isinstance(sources, list) or not sources or not all(is_source(s) for s in sources):
             raise ConfigError(f"{where}.{method}: expected a non-empty list of other tables of this file "
-                              f"({others}), got {sources!r}")
+                              f"({others}), each a name or {{table: <name>, method: <method id>}}, got {sources!r}")
 
 
 def validate_runs_from(path: Path, table: str, spec: dict, tables: dict) -> None:

@@ -153,16 +153,24 @@ def cell_runs(runs: list[dict], table: str) -> list[dict]:
 
 
 def _without_table(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k != "table"}
+    return {k: v for k, v in config.items() if k not in ("table", "method")}
+
+
+def borrow_sources(sources: list) -> list[tuple[str, str | None]]:
+    """`methods_from` sources as (table, method): a table name (the same method there) or
+    {table: <t>, method: <m>} (another method id there with the same config, e.g. mmel's `mmel_h_b10` is
+    Table 1's `mmel_h`: |B| = 10 is Table 1's |B|)."""
+    return [(s, None) if isinstance(s, str) else (s["table"], s["method"]) for s in sources]
 
 
 def borrowed_runs(spec: dict, table: str, config: dict | None, params: dict, paper: str, profile: str,
                   results: list[dict]) -> tuple[list[dict], dict[tuple[str, str], str], list[str]]:
-    """`methods_from: {method: [table, ...]}` (paper_tables.yaml): a method this table does not run in the
-    profile is scored from the first listed table whose runs of it have exactly the configs this table would
-    give them (every key but `table`), setting by setting; e.g. metaaugment's Figure 5 eps = 0.1 point is
-    Table 1's `metaaugment`. Returns those runs (current ones only, `table` set to this table and
-    `borrowed_from` to the source), why a (setting, method) has none, and one footnote per borrowed cell."""
+    """`methods_from: {method: [source, ...]}` (paper_tables.yaml): a method this table does not run in the
+    profile is scored from the first listed source whose runs have exactly the configs this table would give
+    the method (every key but `table` and `method`; the run's code reads its algorithm from the config, so
+    equal configs are the same runs), setting by setting; e.g. metaaugment's Figure 5 eps = 0.1 point is
+    Table 1's `metaaugment`. Returns those runs (current ones only, relabelled to this table and method,
+    `borrowed_from` naming the source), why a (setting, method) has none, and a footnote per borrowed cell."""
     if config is None:
         return [], {}, []
     tables = params.get(paper, {}).get("profiles", {}).get(profile, {})
@@ -175,28 +183,31 @@ def borrowed_runs(spec: dict, table: str, config: dict | None, params: dict, pap
             wanted.setdefault(c["setting"], {})[c["seed"]] = _without_table(c)
         for setting, seeds in wanted.items():
             why = []
-            for source in sources:
-                if method not in tables.get(source, {}).get("methods", []):
-                    why.append(f"{source} does not run it in the `{profile}` profile")
+            for source, source_method in borrow_sources(sources):
+                source_method = source_method or method
+                name = source if source_method == method else f"{source}'s {source_method}"
+                if source_method not in tables.get(source, {}).get("methods", []):
+                    why.append(f"{source} does not run {source_method} in the `{profile}` profile")
                     continue
                 theirs = {c["seed"]: _without_table(c) for c in table_configs(params, paper, profile, source)
-                          if c["method"] == method and c["setting"] == setting}
+                          if c["method"] == source_method and c["setting"] == setting}
                 if not theirs:
-                    why.append(f"{source} has no {setting} runs of it")
+                    why.append(f"{source} has no {setting} runs of {source_method}")
                     continue
                 differ = sorted({key for seed, mine in seeds.items() for key in set(mine) | set(theirs.get(seed, {}))
                                  if mine.get(key) != theirs.get(seed, {}).get(key)})
                 if differ:
-                    why.append(f"{source}'s runs of it differ in {', '.join(differ)}")
+                    why.append(f"{name} runs differ in {', '.join(differ)}")
                     continue
                 found, _, _ = current_runs(source, tables[source], params, paper, profile,
                                            [r for r in results if r["table"] == source])
-                mine = [{**r, "table": table, "borrowed_from": source} for r in found
-                        if r["method"] == method and r["setting"] == setting and r["seed"] in seeds]
+                mine = [{**r, "table": table, "method": method, "borrowed_from": source} for r in found
+                        if r["method"] == source_method and r["setting"] == setting and r["seed"] in seeds]
                 runs += mine
-                notes.append(f"{method} ({setting}): {source}'s runs (the same config; `methods_from`)")
+                notes.append(f"{method} ({setting}): {source}'s runs of {source_method} (the same config; "
+                             "`methods_from`)")
                 if not mine:
-                    reasons[(setting, method)] = f"none of {source}'s {len(seeds)} planned runs of it finished yet"
+                    reasons[(setting, method)] = f"none of {source}'s {len(seeds)} planned runs of {source_method} finished yet"
                 break
             else:
                 reasons[(setting, method)] = "no table runs it with this table's config: " + "; ".join(why)

@@ -47,7 +47,7 @@ def test_figure5_scores_its_eps_01_row_from_table1_runs():
     assert {(r["table"], r.get("borrowed_from")) for r in report.runs if r["method"] == "metaaugment"} == {
         ("figure5", "table1")}
     assert report.ours_stats[("figure5", "cifar10_resnet20", "metaaugment_eps1")].mean == 40.5   # its own runs
-    assert any("table1's runs (the same config" in f for f in report.footnotes)
+    assert any("table1's runs of metaaugment (the same config" in f for f in report.footnotes)
     inventory = render_inventory([report])
     assert "| figure5 | 2 (+2 of table1) | 2.00 |" in inventory                # hours: its own runs only
 
@@ -61,14 +61,14 @@ def test_a_source_with_another_config_is_not_borrowed_and_says_why():
     report = build_table(published, "figure5", changed, PAPER, "smoke", t1)
     meta = cell(report, "metaaugment")
     assert meta.ours is None and meta.verdict.kind == "NOT RUN"
-    assert "table1's runs of it differ in epochs" in meta.verdict.text
-    assert "table3 has no cifar10_resnet20 runs of it" in meta.verdict.text
+    assert "table1 runs differ in epochs" in meta.verdict.text
+    assert "table3 has no cifar10_resnet20 runs of metaaugment" in meta.verdict.text
 
 
 def test_no_finished_source_run_is_pending_not_missing_config():
     params = load_params(REPO / "params.yaml")
     report = build_table(load_published(PAPER, REPO / "papers"), "figure5", params, PAPER, "smoke", [])
-    assert "none of table1's 2 planned runs of it finished yet" in cell(report, "metaaugment").verdict.text
+    assert "none of table1's 2 planned runs of metaaugment finished yet" in cell(report, "metaaugment").verdict.text
 
 
 def test_a_method_the_table_runs_itself_is_not_borrowed():
@@ -88,9 +88,36 @@ def test_table2_takes_its_one_transformation_row_from_the_first_matching_table()
     assert cell(report, "metaaugment").ours.mean == 50.5 and cell(report, "metaaugment_mt").ours.mean == 60.5
 
 
+def test_mmel_table2_scores_its_b10_rows_from_table1_runs_of_another_method_id():
+    """mmel's Table 2 |B| = 10 rows are Table 1's mmel_h / mmel_s (cpu: |B| = 10 there): the same config but the
+    method id, scored from Table 1's seeds 0-2 (Table 2 plans 3) and relabelled; Table 1's other methods never.
+    On smoke, Table 1's |B| is 3: nothing is borrowed and the cell says why."""
+    params = load_params(REPO / "params.yaml")
+    published = load_published("mmel", REPO / "papers")
+
+    def runs(profile, table, method, value):
+        return [{**record(c, value + c["seed"]), "profile": profile}
+                for c in table_configs(params, "mmel", profile, table) if c["method"] == method]
+
+    t1 = runs("cpu", "table1", "mmel_h", 70.0) + runs("cpu", "table1", "mmel_s", 71.0) + runs("cpu", "table1", "da_uni", 1.0)
+    assert len(t1) == 15
+    report = build_table(published, "table2", params, "mmel", "cpu", t1 + runs("cpu", "table2", "mmel_h_b2", 60.0))
+    stats = report.ours_stats
+    assert (stats[("table2", "cifar10_resnet20", "mmel_h_b10")].n, stats[("table2", "cifar10_resnet20", "mmel_h_b10")].mean) == (3, 71.0)
+    assert stats[("table2", "cifar10_resnet20", "mmel_s_b10")].mean == 72.0
+    assert stats[("table2", "cifar10_resnet20", "mmel_h_b2")].mean == 61.0
+    assert ("table2", "cifar10_resnet20", "da_uni") not in stats
+    assert {r["method"] for r in report.runs if r.get("borrowed_from") == "table1"} == {"mmel_h_b10", "mmel_s_b10"}
+    smoke = build_table(published, "table2", params, "mmel", "smoke", [])
+    b10 = next(c for c in smoke.cells if c.method == "mmel_h_b10" and c.setting == "cifar10_resnet20")
+    assert "table1's mmel_h runs differ in num_views" in b10.verdict.text
+
+
 @pytest.mark.parametrize("entry, message", [
     ({"nope": ["t2"]}, r"methods_from\.nope: not a method \(row\) of the table"),
-    ({"m": ["t9"]}, r"methods_from\.m: expected a non-empty list of other tables of this file \(\['t2'\]\), got \['t9'\]"),
+    ({"m": ["t9"]}, r"methods_from\.m: expected a non-empty list of other tables of this file \(\['t2'\]\), each a "
+                    r"name or \{table: <name>, method: <method id>\}, got \['t9'\]"),
+    ({"m": [{"table": "t2"}]}, r"methods_from\.m: expected a non-empty list"),
     ({"m": "t2"}, r"methods_from\.m: expected a non-empty list"),
     ({"m": ["t1"]}, r"methods_from\.m: expected a non-empty list"),
     (["m"], r"methods_from: expected a mapping method -> list of tables, got list"),
