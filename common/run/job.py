@@ -147,13 +147,39 @@ class Job:
         return config_hash(self.config)
 
 
+def wall_clock_path(checkpoint_path: str) -> Path:
+    """The sidecar beside a run's checkpoint holding the wall seconds spent before the last epoch boundary."""
+    return Path(checkpoint_path + ".wall_s")
+
+
+def prior_wall_s(checkpoint_path: str | None) -> float:
+    """Wall seconds a killed earlier attempt spent up to its last epoch boundary (0 for a fresh run).
+
+    Counted only while its checkpoint exists: a run whose checkpoint is gone starts from scratch, and so does
+    its clock. An unreadable sidecar counts as 0 with a warning (the time is a record, not a result)."""
+    if not checkpoint_path or not Path(checkpoint_path).exists():
+        return 0.0
+    sidecar = wall_clock_path(checkpoint_path)
+    try:
+        value = float(sidecar.read_text()) if sidecar.exists() else 0.0
+    except (OSError, ValueError) as exc:
+        log.warning("%s: unreadable wall-time record (%s); wall_s counts this attempt only", sidecar, exc)
+        return 0.0
+    return value if value >= 0 else 0.0
+
+
 def execute_job(job: Job) -> dict:
-    """Run one job in this process and write its result file (create-only, atomic)."""
+    """Run one job in this process and write its result file (create-only, atomic).
+
+    `wall_s` is the run's whole wall time: a run resumed from its checkpoint adds the time its earlier
+    attempts spent up to their last epoch boundary (`resumed_wall_s` records that part); the work an attempt
+    lost after its last checkpoint is redone, so it is counted once."""
     import torch
 
     keep_freed_memory()
     torch.set_num_threads(job.threads)
     module = importlib.import_module(job.paper_module)
+    prior = prior_wall_s(job.checkpoint_path)
     start = time.time()
 
     c = job.config
@@ -166,6 +192,12 @@ def execute_job(job: Job) -> dict:
     def report_epoch(row: dict) -> None:
         values = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
         epochs_seen.append(row.get("epoch"))
+        if job.checkpoint_path:   # the epoch's checkpoint is saved with it: record the clock beside it
+            try:
+                write_file_atomic(wall_clock_path(job.checkpoint_path),
+                                  lambda tmp: tmp.write_text(f"{prior + time.time() - start:.2f}"))
+            except OSError as exc:
+                log.warning("%s: wall-time record not written (%s)", wall_clock_path(job.checkpoint_path), exc)
         if job.progress and job.in_worker:   # epochs done in all (a resumed run starts past 0) / done here
             done = (row["epoch"] + (c.get("pretrain_epochs", 0) if row.get("phase") == "train" else 0)
                     if isinstance(row.get("epoch"), int) else len(epochs_seen))
@@ -185,9 +217,11 @@ def execute_job(job: Job) -> dict:
         "paper": c["paper"], "table": c["table"], "setting": c["setting"], "method": c["method"],
         "seed": c["seed"], "profile": c["profile"], "config_hash": job.config_hash, "config": c,
         "git_sha": job.git_sha, "metrics": outcome["metrics"], "history": outcome["history"],
-        "wall_s": round(time.time() - start, 2), "threads": job.threads, "device": outcome.get("device", "cpu"),
+        "wall_s": round(prior + time.time() - start, 2), "threads": job.threads, "device": outcome.get("device", "cpu"),
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if prior:
+        result["resumed_wall_s"] = round(prior, 2)
     # anything else a paper's run returns (e.g. diverged, an augmenter's fit history, Figure 2 data)
     result.update({k: v for k, v in outcome.items() if k not in ("metrics", "history", "train_s", "device")
                    and k not in result})
@@ -196,6 +230,7 @@ def execute_job(job: Job) -> dict:
     written = write_json_atomic(Path(job.result_path), result, exclusive=True)
     if job.checkpoint_path:
         Path(job.checkpoint_path).unlink(missing_ok=True)
+        wall_clock_path(job.checkpoint_path).unlink(missing_ok=True)
     if not written:
         existing = read_result(Path(job.result_path))
         if existing["config_hash"] != job.config_hash:

@@ -204,3 +204,46 @@ def test_fit_outcome_assembles_metrics_history_and_divergence():
     never = FitResult(best_dev_acc=0.0, test_acc=math.nan, best_epoch=0, steps_at_best=0)
     out = never.outcome(n_train=1, n_dev=1, n_test=1, wall_s=0.0, device="cpu")
     assert out["metrics"]["note"] == "dev accuracy never improved; no test evaluation" and "diverged" not in out
+
+
+FAKE_PAPER = '''
+import time
+from pathlib import Path
+
+def execute(config, mirror, *, on_epoch, split_path=None, checkpoint_path=None):
+    ckpt = Path(checkpoint_path)
+    first = 0 if not ckpt.exists() else int(ckpt.read_text())
+    for epoch in range(first, 4):
+        time.sleep(0.3)
+        ckpt.write_text(str(epoch + 1))          # the epoch's checkpoint, then its report
+        on_epoch({"epoch": epoch})
+        if config.get("die_after") == epoch and first == 0:
+            raise KeyboardInterrupt              # killed after two epochs
+    return {"metrics": {"test_acc": 1.0}, "history": []}
+'''
+
+
+def test_resumed_run_records_its_whole_wall_time(tmp_path, monkeypatch):
+    """wall_s of a killed-and-resumed run = the killed attempt's time to its last checkpoint + the resumed
+    attempt's time (each epoch sleeps 0.3 s: 4 epochs ~ 1.2 s), not the resumed attempt's time alone."""
+    from common.run.job import Job, execute_job, wall_clock_path
+    (tmp_path / "fake_wall_paper.py").write_text(FAKE_PAPER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = {"paper": "fake", "table": "t", "setting": "s", "method": "m", "seed": 0, "profile": "smoke",
+              "die_after": 1}
+    ckpt = tmp_path / "ck" / "seed0.pt"
+    ckpt.parent.mkdir()
+    job = Job("fake_wall_paper", config, str(tmp_path / "out" / "seed0.json"), None, 1, "sha", checkpoint_path=str(ckpt))
+    with pytest.raises(KeyboardInterrupt):
+        execute_job(job)
+    assert ckpt.read_text() == "2" and float(wall_clock_path(str(ckpt)).read_text()) >= 0.6
+    result = execute_job(job)
+    assert result["resumed_wall_s"] >= 0.6
+    assert result["wall_s"] >= 1.2 - 1e-6 and result["wall_s"] - result["resumed_wall_s"] >= 0.6
+    assert not ckpt.exists() and not wall_clock_path(str(ckpt)).exists()   # both removed with the result
+    # a fresh run (no checkpoint) ignores a stray clock file
+    wall_clock_path(str(ckpt)).write_text("999")
+    job2 = Job("fake_wall_paper", {**config, "seed": 1, "die_after": None}, str(tmp_path / "out" / "seed1.json"),
+               None, 1, "sha", checkpoint_path=str(ckpt))
+    fresh = execute_job(job2)
+    assert "resumed_wall_s" not in fresh and fresh["wall_s"] < 100
