@@ -335,8 +335,9 @@ def _optimizer(model, opt: dict) -> torch.optim.Optimizer:
 
 # ----------------------------------------------------------------------------------------- one run
 def execute(config: dict, mirror: str | None, on_epoch: Callable[[dict], None] | None = None,
-            split_path=None, device: str = "auto", checkpoint_path=None) -> dict:
-    """Run one (table, setting, method, seed); returns metrics and per-epoch history."""
+            split_path=None, device: str = "auto", checkpoint_path=None, on_round=None) -> dict:
+    """Run one (table, setting, method, seed); returns metrics and per-epoch history. `on_round(step, row)`
+    observes each encoder round of `proposed` (`encoder_probe`); it must not change F, E or any RNG."""
     start = time.time()
     target = resolve_device(device)
     seed = int(config["seed"])
@@ -358,7 +359,7 @@ def execute(config: dict, mirror: str | None, on_epoch: Callable[[dict], None] |
                        flip=config.get("flip", False), heuristic_ops=config.get("heuristic_ops", []),
                        heuristic_length=config.get("heuristic_length", 0), seed=1_000_003 * (seed + 1),
                        generator=g, encoder=e, encoder_cfg=config.get("encoder"), train=train, dev=dev,
-                       epochs=config["epochs"])
+                       epochs=config["epochs"], on_round=on_round)
     monitor = dev
     if config["dev_monitor"] is not None and config["dev_monitor"] < len(dev):   # evenly spaced: the dev split is
         pick = torch.linspace(0, len(dev) - 1, config["dev_monitor"]).round().long()   # class by class, so this

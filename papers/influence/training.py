@@ -21,6 +21,7 @@ differ only in the learned part), never to `none`.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -62,7 +63,8 @@ class AugmentStep:
     def __init__(self, method: str, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: StepSchedule, *,
                  crop_pad: int, flip: bool, heuristic_ops: list[str], heuristic_length: int, seed: int,
                  generator: Generator | None = None, encoder: Encoder | None = None, encoder_cfg: dict | None = None,
-                 train: ArrayData | None = None, dev: ArrayData | None = None, epochs: int = 1):
+                 train: ArrayData | None = None, dev: ArrayData | None = None, epochs: int = 1,
+                 on_round: Callable[[AugmentStep, dict], None] | None = None):
         if method not in METHODS:
             raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
         if method == "proposed" and (generator is None or encoder is None or train is None or dev is None):
@@ -75,6 +77,7 @@ class AugmentStep:
         self.e_opt = (torch.optim.Adam(encoder.parameters(), lr=self.ecfg["lr"], betas=tuple(self.ecfg["betas"]))
                       if encoder is not None else None)
         self.steps, self.epochs = 0, int(epochs)
+        self.on_round = on_round     # an observer called after each encoder round (`encoder_probe`); no effect on F
         self.rounds: list[dict] = []
 
     # ------------------------------------------------------------------------------ Alg. 1, encoder
@@ -119,6 +122,8 @@ class AugmentStep:
                "i_aug_last": losses[-1] if losses else None, "s_val_residual": s_val.residual,
                "seconds": time.perf_counter() - t0}
         self.rounds.append(row)
+        if self.on_round is not None:
+            self.on_round(self, row)
         return row
 
     # --------------------------------------------------------------------------------- F's step
