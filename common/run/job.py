@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import importlib
 import logging
 import os
@@ -148,22 +149,34 @@ class Job:
 
 
 def wall_clock_path(checkpoint_path: str) -> Path:
-    """The sidecar beside a run's checkpoint holding the wall seconds spent before the last epoch boundary."""
+    """The sidecar beside a run's checkpoint: the config hash and the wall seconds spent before the last epoch
+    boundary (JSON)."""
     return Path(checkpoint_path + ".wall_s")
 
 
-def prior_wall_s(checkpoint_path: str | None) -> float:
-    """Wall seconds a killed earlier attempt spent up to its last epoch boundary (0 for a fresh run).
+def prior_wall_s(checkpoint_path: str | None, config_hash: str) -> float:
+    """Wall seconds a killed earlier attempt of this config spent up to its last epoch boundary (0 if fresh).
 
-    Counted only while its checkpoint exists: a run whose checkpoint is gone starts from scratch, and so does
-    its clock. An unreadable sidecar counts as 0 with a warning (the time is a record, not a result)."""
+    Counted only while its checkpoint exists and the sidecar names the same config hash: a run whose
+    checkpoint is gone, or belongs to another config (the run then starts over), starts its clock at 0.
+    An unreadable sidecar counts as 0 with a warning (the time is a record, not a result)."""
     if not checkpoint_path or not Path(checkpoint_path).exists():
         return 0.0
     sidecar = wall_clock_path(checkpoint_path)
+    if not sidecar.exists():
+        return 0.0
     try:
-        value = float(sidecar.read_text()) if sidecar.exists() else 0.0
-    except (OSError, ValueError) as exc:
+        record = json.loads(sidecar.read_text())
+        if isinstance(record, (int, float)):   # written before the sidecar named its config: trust the checkpoint
+            record = {"config_hash": config_hash, "wall_s": record}
+        if not isinstance(record, dict):
+            raise ValueError(f"expected a JSON object with config_hash and wall_s, got {record!r}")
+        value = float(record["wall_s"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("%s: unreadable wall-time record (%s); wall_s counts this attempt only", sidecar, exc)
+        return 0.0
+    if record.get("config_hash") != config_hash:
+        log.info("%s: wall time of another config (%s); the clock starts at 0", sidecar, record.get("config_hash"))
         return 0.0
     return value if value >= 0 else 0.0
 
@@ -179,7 +192,7 @@ def execute_job(job: Job) -> dict:
     keep_freed_memory()
     torch.set_num_threads(job.threads)
     module = importlib.import_module(job.paper_module)
-    prior = prior_wall_s(job.checkpoint_path)
+    prior = prior_wall_s(job.checkpoint_path, job.config_hash)
     start = time.time()
 
     c = job.config
@@ -195,7 +208,9 @@ def execute_job(job: Job) -> dict:
         if job.checkpoint_path:   # the epoch's checkpoint is saved with it: record the clock beside it
             try:
                 write_file_atomic(wall_clock_path(job.checkpoint_path),
-                                  lambda tmp: tmp.write_text(f"{prior + time.time() - start:.2f}"))
+                                  lambda tmp: tmp.write_text(json.dumps(
+                                      {"config_hash": job.config_hash,
+                                       "wall_s": round(prior + time.time() - start, 2)})))
             except OSError as exc:
                 log.warning("%s: wall-time record not written (%s)", wall_clock_path(job.checkpoint_path), exc)
         if job.progress and job.in_worker:   # epochs done in all (a resumed run starts past 0) / done here

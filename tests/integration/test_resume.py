@@ -236,14 +236,29 @@ def test_resumed_run_records_its_whole_wall_time(tmp_path, monkeypatch):
     job = Job("fake_wall_paper", config, str(tmp_path / "out" / "seed0.json"), None, 1, "sha", checkpoint_path=str(ckpt))
     with pytest.raises(KeyboardInterrupt):
         execute_job(job)
-    assert ckpt.read_text() == "2" and float(wall_clock_path(str(ckpt)).read_text()) >= 0.6
+    record = json.loads(wall_clock_path(str(ckpt)).read_text())
+    assert ckpt.read_text() == "2" and record["wall_s"] >= 0.6 and record["config_hash"] == job.config_hash
     result = execute_job(job)
     assert result["resumed_wall_s"] >= 0.6
     assert result["wall_s"] >= 1.2 - 1e-6 and result["wall_s"] - result["resumed_wall_s"] >= 0.6
     assert not ckpt.exists() and not wall_clock_path(str(ckpt)).exists()   # both removed with the result
     # a fresh run (no checkpoint) ignores a stray clock file
-    wall_clock_path(str(ckpt)).write_text("999")
+    wall_clock_path(str(ckpt)).write_text(json.dumps({"config_hash": job.config_hash, "wall_s": 999}))
     job2 = Job("fake_wall_paper", {**config, "seed": 1, "die_after": None}, str(tmp_path / "out" / "seed1.json"),
                None, 1, "sha", checkpoint_path=str(ckpt))
     fresh = execute_job(job2)
     assert "resumed_wall_s" not in fresh and fresh["wall_s"] < 100
+
+
+def test_wall_time_of_another_config_is_not_counted(tmp_path):
+    """A checkpoint left by another config is discarded and the run starts over: so does its clock."""
+    from common.run.job import prior_wall_s, wall_clock_path
+    ckpt = tmp_path / "seed0.pt"
+    ckpt.write_text("2")
+    wall_clock_path(str(ckpt)).write_text(json.dumps({"config_hash": "old", "wall_s": 500.0}))
+    assert prior_wall_s(str(ckpt), "new") == 0.0
+    assert prior_wall_s(str(ckpt), "old") == 500.0
+    wall_clock_path(str(ckpt)).write_text("[1, 2]")        # unreadable: counts 0, the run goes on
+    assert prior_wall_s(str(ckpt), "old") == 0.0
+    wall_clock_path(str(ckpt)).write_text("42.5")          # a bare number (older sidecars): counted
+    assert prior_wall_s(str(ckpt), "old") == 42.5
