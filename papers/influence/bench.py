@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.config import data_mirror
 from common.data.mnist import load_mnist
 from common.io import write_json_atomic
 from common.train.batches import ArrayData, Batch
@@ -279,5 +280,5 @@ def run_benchmark(repeats: int = 5, out_dir: Path = Path("reports/benchmarks"), 
 
 def run_suite(params: dict, profile: str, repeats: int, out_dir: Path) -> Path:
     """`repro bench --paper influence --suite speed` (the paper contract's BENCH_SUITES)."""
-    mirror = params["base"].get("data_mirror") or os.environ.get("REPRO_DATA_MIRROR")
+    mirror = data_mirror(params["base"])
     return run_benchmark(repeats=repeats, out_dir=out_dir, profile=profile, mirror=mirror)

@@ -19,14 +19,13 @@ test accuracy must equal the committed result of the same config, which the JSON
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from common.config import config_hash, load_params
+from common.config import config_hash, data_mirror, load_params
 from common.errors import ConfigError
 from common.io import write_json_atomic
 from common.run.results import RunKey, read_result
@@ -128,7 +127,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     params = load_params(args.params)
     profile = args.profile or params["base"]["profile"]
-    mirror = params["base"].get("data_mirror") or os.environ.get("REPRO_DATA_MIRROR")
+    mirror = data_mirror(params["base"])
     try:
         report = run(params, profile, args.table, args.setting, args.seed, Path(args.out), probe_size=args.probe,
                      mirror=mirror)

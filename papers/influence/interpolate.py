@@ -26,13 +26,12 @@ writes).
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from common.config import load_params
+from common.config import data_mirror, load_params
 from common.data.subsample import dev_pool_rows
 from common.errors import ConfigError
 from common.io import write_json_atomic
@@ -168,7 +167,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     params = load_params(args.params)
     profile = args.profile or params["base"]["profile"]
-    mirror = params["base"].get("data_mirror") or os.environ.get("REPRO_DATA_MIRROR")
+    mirror = data_mirror(params["base"])
     try:
         report = run(params, profile, args.table, Path(args.out), image=args.image, seed=args.seed,
                      steps=args.steps, fit=args.fit, mirror=mirror)
