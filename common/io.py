@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from common.errors import DataError
+
 
 def json_safe(value: Any) -> Any:
     """NaN/inf floats become null, so files are strict JSON (readable by any parser, DVC included)."""
@@ -61,6 +63,27 @@ def write_json_atomic(path: Path, payload: Any, *, exclusive: bool = False) -> b
             handle.flush()
             os.fsync(handle.fileno())
     return write_file_atomic(path, write, exclusive=exclusive)
+
+
+def write_or_check_json(path: Path, record: Any, *, differs: str) -> Any:
+    """Write `record` (create-only, atomic) or, if `path` exists, check that it holds exactly `record`.
+
+    Used for files that are a deterministic function of their config (split index files): a second
+    writer must agree with the first. Returns the stored record. DataError naming the file if it is not
+    valid JSON or holds something else (`differs`: the message's second half, saying what to do)."""
+    path = Path(path)
+    record = json.loads(json.dumps(json_safe(record)))   # compare what JSON stores (tuples as lists, int keys as str)
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: corrupt split index file ({exc}); delete it to re-create") from exc
+        if saved != record:
+            raise DataError(f"{path}: {differs}")
+        return saved
+    if not write_json_atomic(path, record, exclusive=True):   # a concurrent writer won: it must agree
+        return write_or_check_json(path, record, differs=differs)
+    return record
 
 
 def save_npy_atomic(path: Path, array: np.ndarray) -> None:

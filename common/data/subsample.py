@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import ConfigError, DataError
-from common.io import write_json_atomic
+from common.io import write_or_check_json
 
 PROTOCOLS = ("fixed", "per_seed")
 
@@ -154,14 +154,5 @@ def load_or_make_split(path: Path | None, train_labels, test_labels, spec: Split
     record = split_record(spec, data_seed, make_split(train_labels, test_labels, spec, data_seed, dev_labels))
     if path is None:
         return record
-    if path.exists():
-        try:
-            saved = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: corrupt split index file ({exc}); delete it to re-create") from exc
-        if saved != record:
-            raise DataError(f"{path}: prepared split differs from the one drawn now for the same spec "
-                            "and data seed; delete it (and re-run prepare) if the spec changed on purpose")
-        return saved
-    write_json_atomic(path, record)
-    return record
+    return write_or_check_json(path, record, differs="prepared split differs from the one drawn now for the same "
+                               "spec and data seed; delete it (and re-run prepare) if the spec changed on purpose")

@@ -49,8 +49,8 @@ from common.config_models import (
 )
 from common.data.cifar10 import load_cifar10
 from common.data.omniglot import ORIGINAL_SIZE, load_omniglot, per_class_split
-from common.errors import ConfigError, DataError
-from common.io import write_json_atomic
+from common.errors import ConfigError
+from common.io import write_or_check_json
 from common.models.cifar_resnet import CifarResNet
 from common.models.wide_resnet import wide_resnet
 from common.train.batches import ArrayData
@@ -277,21 +277,12 @@ def make_split(config: dict, labels: np.ndarray, test_labels: np.ndarray) -> dic
 
 
 def load_or_make_split(config: dict, labels, test_labels, split_path) -> dict:
-    record = json.loads(json.dumps(make_split(config, labels, test_labels)))
+    record = make_split(config, labels, test_labels)
     if split_path is None:
-        return record
-    path = Path(split_path)
-    if path.exists():
-        try:
-            saved = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: corrupt split index file ({exc}); delete it to re-create") from exc
-        if saved != record:
-            raise DataError(f"{path}: prepared split differs from the one drawn now for the same spec and data "
-                            "seed; delete it (and re-run prepare) if the spec changed on purpose")
-        return saved
-    write_json_atomic(path, record)
-    return record
+        return json.loads(json.dumps(record))
+    return write_or_check_json(Path(split_path), record, differs="prepared split differs from the one drawn now for "
+                               "the same spec and data seed; delete it (and re-run prepare) if the spec changed on "
+                               "purpose")
 
 
 def prepare_split(config: dict, mirror: str | None, split_path) -> None:

@@ -103,6 +103,11 @@ def test_a_changed_split_file_is_refused(tmp_path, mirror):
     text_data.write_split(path, config, 100)              # same config: accepted
     with pytest.raises(DataError, match="split file differs"):
         text_data.write_split(path, {**config, "train_limit": 5}, 100)
+    before = path.read_bytes()
+    path.write_text(before.decode()[:40])                 # truncated: an error naming the file, left untouched
+    with pytest.raises(DataError, match=r"split\.json: corrupt split index file"):
+        text_data.write_split(path, config, 100)
+    assert path.read_bytes() == before[:40]
 
 
 def test_teacher_outputs_of_another_config_are_refused(tmp_path, monkeypatch):
