@@ -65,12 +65,11 @@ def write_json_atomic(path: Path, payload: Any, *, exclusive: bool = False) -> b
     return write_file_atomic(path, write, exclusive=exclusive)
 
 
-def write_or_check_json(path: Path, record: Any, *, differs: str) -> Any:
-    """Write `record` (create-only, atomic) or, if `path` exists, check that it holds exactly `record`.
-
-    Used for files that are a deterministic function of their config (split index files): a second
-    writer must agree with the first. Returns the stored record. DataError naming the file if it is not
-    valid JSON or holds something else (`differs`: the message's second half, saying what to do)."""
+def write_or_check_split_file(path: Path, record: Any, *, differs: str) -> Any:
+    """Write a split index file (JSON, create-only, atomic) or, if `path` exists, check that it holds exactly
+    `record`: a split is a deterministic function of its config, so a second writer must agree with the
+    first. Returns the stored record. DataError naming the file if it is not valid JSON or holds something
+    else (`differs`: the message's second half, saying what to do)."""
     path = Path(path)
     record = json.loads(json.dumps(json_safe(record)))   # compare what JSON stores (tuples as lists, int keys as str)
     if path.exists():
@@ -81,9 +80,9 @@ def write_or_check_json(path: Path, record: Any, *, differs: str) -> Any:
         if saved != record:
             raise DataError(f"{path}: {differs}")
         return saved
-    if not write_json_atomic(path, record, exclusive=True):   # a concurrent writer won: it must agree
-        return write_or_check_json(path, record, differs=differs)
-    return record
+    if write_json_atomic(path, record, exclusive=True):
+        return record
+    return write_or_check_split_file(path, record, differs=differs)   # a concurrent writer won: it must agree
 
 
 def save_npy_atomic(path: Path, array: np.ndarray) -> None:

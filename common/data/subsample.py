@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import ConfigError, DataError
-from common.io import write_or_check_json
+from common.io import write_or_check_split_file
 
 PROTOCOLS = ("fixed", "per_seed")
 
@@ -154,5 +154,6 @@ def load_or_make_split(path: Path | None, train_labels, test_labels, spec: Split
     record = split_record(spec, data_seed, make_split(train_labels, test_labels, spec, data_seed, dev_labels))
     if path is None:
         return record
-    return write_or_check_json(path, record, differs="prepared split differs from the one drawn now for the same "
-                               "spec and data seed; delete it (and re-run prepare) if the spec changed on purpose")
+    return write_or_check_split_file(path, record, differs="prepared split differs from the one drawn now for the "
+                                     "same spec and data seed; delete it (and re-run prepare) if the spec changed "
+                                     "on purpose")

@@ -50,7 +50,7 @@ from common.config_models import (
 from common.data.cifar10 import load_cifar10
 from common.data.omniglot import ORIGINAL_SIZE, load_omniglot, per_class_split
 from common.errors import ConfigError
-from common.io import write_or_check_json
+from common.io import write_or_check_split_file
 from common.models.cifar_resnet import CifarResNet
 from common.models.wide_resnet import wide_resnet
 from common.train.batches import ArrayData
@@ -280,9 +280,9 @@ def load_or_make_split(config: dict, labels, test_labels, split_path) -> dict:
     record = make_split(config, labels, test_labels)
     if split_path is None:
         return json.loads(json.dumps(record))
-    return write_or_check_json(Path(split_path), record, differs="prepared split differs from the one drawn now for "
-                               "the same spec and data seed; delete it (and re-run prepare) if the spec changed on "
-                               "purpose")
+    return write_or_check_split_file(Path(split_path), record, differs="prepared split differs from the one drawn "
+                                     "now for the same spec and data seed; delete it (and re-run prepare) if the "
+                                     "spec changed on purpose")
 
 
 def prepare_split(config: dict, mirror: str | None, split_path) -> None:

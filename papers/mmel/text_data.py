@@ -35,7 +35,7 @@ import torch
 
 from common.data.glue import GLUE_LOADERS, TASKS
 from common.errors import ConfigError, DataError
-from common.io import write_json_atomic, write_or_check_json
+from common.io import write_json_atomic, write_or_check_split_file
 from common.text.mlm import REPORT_NAME, mlm_weights_sha256, train_mlm
 
 log = logging.getLogger("repro.mmel")
@@ -73,8 +73,9 @@ def write_split(path: Path, config: dict, n_train: int) -> np.ndarray:
     rows = train_rows(n_train, config["train_limit"], config["data_seed"])
     payload = {"task": config["task"], "train_limit": config["train_limit"], "data_seed": config["data_seed"],
                "train": rows.tolist()}
-    write_or_check_json(Path(path), payload, differs="split file differs from the one this config defines (task, "
-                        "train_limit, data_seed or the rows); delete it to rebuild it, or restore the config")
+    write_or_check_split_file(Path(path), payload, differs="split file differs from the one this config defines "
+                              "(task, train_limit, data_seed or the rows); delete it to rebuild it, or restore the "
+                              "config")
     return rows
 
 
