@@ -38,6 +38,43 @@ def tree(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+DROP = object()   # a `params_edit` value: remove the key
+
+
+def params_edit(paper: str, table: str, key: str, value, profile: str = "smoke"):
+    """A mutation of params.yaml: `<paper>.profiles.<profile>.<table>.<key> = value` (DROP removes the key)."""
+    def mutate(p: dict) -> None:
+        block = p[paper]["profiles"][profile][table]
+        if value is DROP:
+            block.pop(key)
+        else:
+            block[key] = value
+    return mutate
+
+
+def check_params_error(tmp_path: Path, capsys, paper: str, mutate, message: str | None) -> None:
+    """`repro run --paper <paper> --profile smoke --dry-run` on params.yaml edited by `mutate`: exit 0 if
+    `message` is None, else exit 2 with one `error: params.yaml: <paper>.profiles.smoke.<message>` line, no
+    traceback and no result written."""
+    import yaml
+
+    from common.config import load_params
+    from pipelines import cli
+    p = load_params(REPO / "params.yaml")
+    p["base"].update(results_dir=str(tmp_path / "results"), splits_dir=str(tmp_path / "splits"), tracking_uri="none")
+    mutate(p)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(p, sort_keys=False))
+    code = cli.main(["--params", str(path), "run", "--paper", paper, "--profile", "smoke", "--dry-run"])
+    err = capsys.readouterr().err
+    if message is None:
+        assert code == 0, err
+        return
+    assert code == 2 and err.count("error:") == 1 and "Traceback" not in err
+    assert f"error: params.yaml: {paper}.profiles.smoke.{message}" in err, err
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").rglob("*.json"))
+
+
 def repro(capsys, *argv) -> tuple[int, str, str]:
     """`repro <argv>` in this process: (exit code, stdout, stderr)."""
     from pipelines import cli

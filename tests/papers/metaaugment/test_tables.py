@@ -1,9 +1,9 @@
 """metaaugment tables: run configs, the method steps, smoke runs through the runner, resume, bad inputs."""
 import json
+from functools import partial
 
 import pytest
 import torch
-import yaml
 
 from common.augment.image_ops import FILL, apply_op, check_magnitudes, op_index
 from common.config import load_params
@@ -11,9 +11,8 @@ from common.errors import ConfigError
 from papers.metaaugment import tables
 from papers.metaaugment.image_step import CosineSchedule, background_ops, channel_moments
 from papers.metaaugment.policy import TransformationSampler
-from pipelines import cli
 from pipelines.grid import run_tables, table_configs
-from tests.conftest import REPO
+from tests.conftest import DROP, REPO, check_params_error, params_edit
 
 
 class Interrupt(Exception):
@@ -156,22 +155,12 @@ def test_eps_outside_unit_interval_in_the_sampler(eps):
         TransformationSampler(eps=eps, r=1, s=1)
 
 
-def _set(table, key, value):
-    def mutate(p):
-        block = p["metaaugment"]["profiles"]["smoke"][table]
-        if value is _DROP:
-            block.pop(key)
-        else:
-            block[key] = value
-    return mutate
-
-
-_DROP = object()
+_set = partial(params_edit, "metaaugment")   # _set(table, key, value): one params.yaml edit
 PARAMS_ERRORS = [
     pytest.param(_set("table3", "eps", 1.5), "table3.eps: expected a number >= 0 and <= 1, got 1.5", id="eps-above-1"),
     pytest.param(_set("table1", "eps", -0.1), "table1.eps: expected a number >= 0 and <= 1, got -0.1",
                  id="eps-negative"),
-    pytest.param(_set("table3", "eps", _DROP), "table3.eps: missing (expected a number; needed by metaaugment)",
+    pytest.param(_set("table3", "eps", DROP), "table3.eps: missing (expected a number; needed by metaaugment)",
                  id="eps-missing"),
     pytest.param(_set("table5", "alpha_init", 0.0), "table5.alpha_init: expected a number > 0, got 0.0",
                  id="alpha-zero"),
@@ -180,7 +169,7 @@ PARAMS_ERRORS = [
     pytest.param(_set("table1", "settings", {"cifar10_shakeshake26_2x96d": {}}),
                  "table1.settings.cifar10_shakeshake26_2x96d: no model for 'shakeshake26_2x96d' in common/models",
                  id="setting-without-model"),
-    pytest.param(_set("table3", "test_per_class", _DROP), "table3.test_per_class: missing (expected int; "
+    pytest.param(_set("table3", "test_per_class", DROP), "table3.test_per_class: missing (expected int; "
                  "Omniglot's test drawings per character", id="omniglot-without-test-count"),
     pytest.param(_set("table3", "image_size", 128), "table3.image_size: expected <= 105", id="image-size-too-big"),
     pytest.param(_set("table1", "methods", ["baseline", "autoaugment"]), "table1.methods: unknown method(s) "
@@ -195,18 +184,7 @@ PARAMS_ERRORS = [
 
 @pytest.mark.parametrize("mutate, message", PARAMS_ERRORS)
 def test_bad_params_are_errors_naming_the_key(tmp_path, capsys, mutate, message):
-    p = load_params(REPO / "params.yaml")
-    p["base"].update(results_dir=str(tmp_path / "results"), splits_dir=str(tmp_path / "splits"), tracking_uri="none")
-    mutate(p)
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(p, sort_keys=False))
-    code = cli.main(["--params", str(path), "run", "--paper", "metaaugment", "--profile", "smoke", "--dry-run"])
-    err = capsys.readouterr().err
-    if message is None:
-        assert code == 0, err
-        return
-    assert code == 2 and err.count("error:") == 1 and "Traceback" not in err
-    assert f"error: params.yaml: metaaugment.profiles.smoke.{message}" in err, err
+    check_params_error(tmp_path, capsys, "metaaugment", mutate, message)
 
 
 def test_report_section_shows_the_learned_distribution(tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 import copy
 import json
 import math
+from functools import partial
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from papers.mmel.image_step import ImageMethodStep, PixelNormalized, StepSchedul
 from papers.mmel.report_sections import report_sections
 from pipelines import cli
 from pipelines.grid import run_tables, table_configs
-from tests.conftest import REPO
+from tests.conftest import DROP, REPO, check_params_error, params_edit
 
 
 class Interrupt(Exception):
@@ -225,26 +226,16 @@ def test_report_section_times_per_method():
 
 
 # -------------------------------------------------------------------------------- params errors (bad inputs)
-def _set(table, key, value, profile="smoke"):
-    def mutate(p):
-        block = p["mmel"]["profiles"][profile][table]
-        if value is _DROP:
-            block.pop(key)
-        else:
-            block[key] = value
-    return mutate
-
-
-_DROP = object()
+_set = partial(params_edit, "mmel")   # _set(table, key, value): one params.yaml edit
 PARAMS_ERRORS = [
     pytest.param(_set("table1", "num_views", 1), "table1.num_views: expected >= 2, got 1", id="views-below-2"),
     pytest.param(_set("table1", "lambda_p", 0), "table1.lambda_p: expected a number > 0, got 0", id="lambda_p-zero"),
     pytest.param(_set("table2", "lambda_p", -1.0), "table2.lambda_p: expected a number > 0, got -1.0",
                  id="lambda_p-negative"),
     pytest.param(_set("table1", "lambda_t", 0.0), "table1.lambda_t: expected a number > 0, got 0.0", id="lambda_t-zero"),
-    pytest.param(_set("table1", "lambda_p", _DROP),
+    pytest.param(_set("table1", "lambda_p", DROP),
                  "table1.lambda_p: missing (expected float; needed by mmel_h, mmel_s)", id="lambda_p-missing"),
-    pytest.param(_set("table1", "long_factor", _DROP), "table1.long_factor: missing (expected int; needed by da_long)",
+    pytest.param(_set("table1", "long_factor", DROP), "table1.long_factor: missing (expected int; needed by da_long)",
                  id="long_factor-missing"),
     pytest.param(_set("table1", "milestones", [2]), "table1.milestones: expected every milestone < epochs (2), got [2]",
                  id="milestone-not-below-epochs"),
@@ -263,19 +254,7 @@ PARAMS_ERRORS = [
 
 @pytest.mark.parametrize("mutate, message", PARAMS_ERRORS)
 def test_bad_params_are_errors_naming_the_key(tmp_path, capsys, mutate, message):
-    p = load_params(REPO / "params.yaml")
-    p["base"].update(results_dir=str(tmp_path / "results"), splits_dir=str(tmp_path / "splits"), tracking_uri="none")
-    mutate(p)
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(p, sort_keys=False))
-    code = cli.main(["--params", str(path), "run", "--paper", "mmel", "--profile", "smoke", "--dry-run"])
-    err = capsys.readouterr().err
-    if message is None:
-        assert code == 0, err
-        return
-    assert code == 2 and err.count("error:") == 1 and "Traceback" not in err
-    assert f"error: params.yaml: mmel.profiles.smoke.{message}" in err, err
-    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").rglob("*.json"))
+    check_params_error(tmp_path, capsys, "mmel", mutate, message)
 
 
 @pytest.mark.parametrize("change, message", [
