@@ -185,6 +185,7 @@ def ordering_rows(report: TableReport, spec: dict) -> list[list[str]]:
     """The paper's claims `higher > lower` per setting: does it hold on our numbers, and beyond noise?
     (columns of ORDERING_COLUMNS; the verdict last)."""
     ours = {(c.setting, c.method): c.ours for c in report.cells}
+    planned = {(c.setting, c.method): c.planned for c in report.cells}
     rows = []
     for higher, lower in spec.get("orderings", []):
         for setting in spec["settings"]:
@@ -194,7 +195,11 @@ def ordering_rows(report: TableReport, spec: dict) -> list[list[str]]:
             paper_holds = spec["results"][setting][higher]["mean"] > spec["results"][setting][lower]["mean"]
             if a is None and b is None:
                 continue                     # setting not run in this profile
-            numbers, verdict = ordering_check(a, b)
+            unplanned = [m for m in (higher, lower) if not planned[(setting, m)]]
+            if unplanned:                    # a quoted-only method: never PENDING, it will not be run here
+                numbers, verdict = "—", f"not testable here (`{unplanned[0]}` is not run in this profile)"
+            else:
+                numbers, verdict = ordering_check(a, b)
             rows.append([spec["settings"][setting]["label"], f"{higher} > {lower}", "yes" if paper_holds else "no",
                          numbers, *significance_columns(a, b), verdict])
     return rows
@@ -202,7 +207,7 @@ def ordering_rows(report: TableReport, spec: dict) -> list[list[str]]:
 
 def render_orderings(report: TableReport, spec: dict) -> list[str]:
     rows = ordering_rows(report, spec)
-    if not rows or not any(r[-1] != "PENDING" for r in rows):
+    if not rows or not any(r[-1] != "PENDING" and not r[-1].startswith("not testable") for r in rows):
         return []
     return [ORDERINGS_INTRO, "", *markdown_table(ORDERING_COLUMNS, rows), ""]
 

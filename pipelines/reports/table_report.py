@@ -23,6 +23,7 @@ class Cell:
     variant: bool = False          # our variant of a published method (not a published cell)
     log: Stats | None = None       # the paper's own per-run logs (`official_log`), if published
     log_verdict: Verdict | None = None   # ours against `log`, by the table's rule
+    planned: bool = True           # the profile plans runs of it (False: quoted only, or left out of the profile)
 
 
 @dataclass
@@ -95,6 +96,13 @@ def not_run_reason(config: dict | None, setting: str, method: str, profile: str)
         return f"not in the `{profile}` profile"
     seeds = config.get("seeds")
     return f"none of its {seeds} planned runs finished yet" if seeds else "not run yet"
+
+
+def planned_here(config: dict | None, spec: dict, setting: str, method: str) -> bool:
+    """Does the profile plan runs of this cell, in the table itself or (`methods_from`) in another table?"""
+    if config is None or setting not in config.get("settings", {}) or setting in config.get("not_run", {}):
+        return False
+    return method in config.get("methods", []) or method in spec.get("methods_from", {})
 
 
 def current_runs(table: str, config: dict | None, params: dict, paper: str, profile: str,
@@ -259,6 +267,7 @@ def build_table(published: dict, table: str, params: dict, paper: str, profile: 
             log = official_log_stats(published_cell)
             log_verdict = None if log is None else cell_verdict(method, log, ours, log_base, ours_base,
                                                                 like_for_like, "", reference)
-            cells.append(Cell(setting, method, theirs, ours, verdict, variant, log, log_verdict))
+            planned = ours is not None or planned_here(config, spec, run_setting, method)
+            cells.append(Cell(setting, method, theirs, ours, verdict, variant, log, log_verdict, planned))
     return TableReport(table, spec["title"], like_for_like, footnotes, cells, runs, stale, stale_check, ours_stats,
                        reference, paper_n)

@@ -353,6 +353,31 @@ def test_a_variant_gets_a_row_only_where_a_profile_plans_it():
     assert not [row for row in report.ordering_rows(cpu, published["tables"]["table3"]) if "eq12" in row[1]]
 
 
+def test_an_ordering_against_a_quoted_only_method_is_not_testable_rather_than_pending():
+    """metaaugment table1 claims metaaugment > ra, where `ra` (Cubuk et al.'s RandAugment) is quoted only:
+    the cpu profile never runs it, so that claim is 'not testable here', never PENDING, while the claims
+    between planned methods are checked on our numbers."""
+    params, published = load_params(REPO / "params.yaml"), report.load_published("metaaugment")
+    spec = published["tables"]["table1"]
+    assert ["metaaugment", "ra"] in spec["orderings"] and "ra" not in params["metaaugment"]["profiles"]["cpu"][
+        "table1"]["methods"]
+    configs = {(c["method"], c["seed"]): c for c in table_configs(params, "metaaugment", "cpu", "table1")}
+    runs = [{"paper": "metaaugment", "table": "table1", "setting": "cifar10_resnet20", "method": m, "seed": seed,
+             "profile": "cpu", "config_hash": config_hash(configs[(m, seed)]), "git_sha": "a", "config": {},
+             "wall_s": 1.0, "metrics": {"test_acc": acc + seed, "best_dev_acc": 0.0, "best_epoch": 1,
+                                        "steps_at_best": 3}}
+            for m, acc in (("baseline", 60.0), ("metaaugment", 70.0)) for seed in (0, 1)]
+    cpu = report.build_table(published, "table1", params, "metaaugment", "cpu", runs)
+    rows = {row[1]: row for row in report.ordering_rows(cpu, spec) if row[0].startswith("CIFAR-10 ResNet-20")}
+    assert rows["metaaugment > ra"][3] == "—"
+    assert rows["metaaugment > ra"][-1] == "not testable here (`ra` is not run in this profile)"
+    assert rows["ra > baseline"][-1] == "not testable here (`ra` is not run in this profile)"
+    assert rows["metaaugment > baseline"][-1] == "holds"
+    assert rows["metaaugment > randaugment"][-1] == "PENDING"          # planned, no runs yet
+    assert [c.planned for c in cpu.cells if c.setting == "cifar10_resnet20" and c.method in ("ra", "randaugment")] \
+        == [False, True]
+
+
 def test_results_of_an_older_config_are_not_counted(tmp_path):
     """A result whose config hash differs from the current params (e.g. params edited after the
     run) is listed, not averaged; base_val counts only while its base results are current."""
