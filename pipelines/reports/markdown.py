@@ -41,6 +41,7 @@ RULE_OFFICIAL_LOG = (
     "Official log: {description}. Its verdict applies the same rule with the log's mean, std and n in place "
     "of the paper's; the scoreboard counts the paper's verdict.")
 RULE_NOT_CONFIGURED = "Verdict rule: the table is not configured in the `{profile}` profile, so nothing is compared."
+NOT_TESTABLE = "not testable here"   # an ordering with a method this profile never runs (quoted only)
 ORDERINGS_INTRO = "The paper's orderings on our numbers (2 SE = two standard errors of the difference):"
 
 
@@ -197,7 +198,7 @@ def ordering_rows(report: TableReport, spec: dict) -> list[list[str]]:
                 continue                     # setting not run in this profile
             unplanned = [m for m in (higher, lower) if not planned[(setting, m)]]
             if unplanned:                    # a quoted-only method: never PENDING, it will not be run here
-                numbers, verdict = "—", f"not testable here (`{unplanned[0]}` is not run in this profile)"
+                numbers, verdict = "—", f"{NOT_TESTABLE} (`{unplanned[0]}` is not run in this profile)"
             else:
                 numbers, verdict = ordering_check(a, b)
             rows.append([spec["settings"][setting]["label"], f"{higher} > {lower}", "yes" if paper_holds else "no",
@@ -207,7 +208,7 @@ def ordering_rows(report: TableReport, spec: dict) -> list[list[str]]:
 
 def render_orderings(report: TableReport, spec: dict) -> list[str]:
     rows = ordering_rows(report, spec)
-    if not rows or not any(r[-1] != "PENDING" and not r[-1].startswith("not testable") for r in rows):
+    if not rows or not any(r[-1] != "PENDING" and not r[-1].startswith(NOT_TESTABLE) for r in rows):
         return []
     return [ORDERINGS_INTRO, "", *markdown_table(ORDERING_COLUMNS, rows), ""]
 
