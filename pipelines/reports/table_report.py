@@ -86,21 +86,32 @@ def table_deviations(ours: dict, reference: dict | None) -> list[str]:
     return notes
 
 
-def not_run_reason(config: dict | None, setting: str, method: str, profile: str) -> str:
-    """Why a cell has no results: the profile's `not_run` note, else what the profile leaves out."""
+def setting_left_out(config: dict | None, setting: str, profile: str) -> str:
+    """What keeps a whole setting out of the profile ('' if nothing): no table config, the profile's
+    `not_run` note, or no entry under `settings`. Shared by `not_run_reason` and `planned_here`."""
     if config is None:
         return f"table not in the `{profile}` profile"
     if setting in config.get("not_run", {}):
         return config["not_run"][setting]
-    if setting not in config.get("settings", {}) or method not in config.get("methods", [method]):
+    if setting not in config.get("settings", {}):
+        return f"not in the `{profile}` profile"
+    return ""
+
+
+def not_run_reason(config: dict | None, setting: str, method: str, profile: str) -> str:
+    """Why a cell has no results: the profile's `not_run` note, else what the profile leaves out."""
+    left_out = setting_left_out(config, setting, profile)
+    if left_out:
+        return left_out
+    if method not in config.get("methods", [method]):
         return f"not in the `{profile}` profile"
     seeds = config.get("seeds")
     return f"none of its {seeds} planned runs finished yet" if seeds else "not run yet"
 
 
-def planned_here(config: dict | None, spec: dict, setting: str, method: str) -> bool:
+def planned_here(config: dict | None, spec: dict, setting: str, method: str, profile: str) -> bool:
     """Does the profile plan runs of this cell, in the table itself or (`methods_from`) in another table?"""
-    if config is None or setting not in config.get("settings", {}) or setting in config.get("not_run", {}):
+    if setting_left_out(config, setting, profile):
         return False
     return method in config.get("methods", []) or method in spec.get("methods_from", {})
 
@@ -267,7 +278,7 @@ def build_table(published: dict, table: str, params: dict, paper: str, profile: 
             log = official_log_stats(published_cell)
             log_verdict = None if log is None else cell_verdict(method, log, ours, log_base, ours_base,
                                                                 like_for_like, "", reference)
-            planned = ours is not None or planned_here(config, spec, run_setting, method)
+            planned = ours is not None or planned_here(config, spec, run_setting, method, profile)
             cells.append(Cell(setting, method, theirs, ours, verdict, variant, log, log_verdict, planned))
     return TableReport(table, spec["title"], like_for_like, footnotes, cells, runs, stale, stale_check, ours_stats,
                        reference, paper_n)
