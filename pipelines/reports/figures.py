@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -13,8 +14,9 @@ PAPER_COLOUR, OURS_COLOUR = "#9aa5b1", "#1f77b4"
 
 
 def draw_figure(report: TableReport, published: dict, paper: str, profile: str, path: Path) -> bool:
-    """Grouped bars (paper vs ours, ± std; no error bar where the paper prints no std) per setting; False
-    (and no file) if the table has no results."""
+    """Grouped bars (paper vs ours, ± std; no error bar where the paper prints no std) per setting, then
+    ours alone for the methods the paper states only in its text (`stated_in_text`: no number to draw);
+    False (and no file) if the table has no results."""
     if not any(cell.ours and cell.ours.n for cell in report.cells):
         path.unlink(missing_ok=True)
         return False
@@ -28,11 +30,17 @@ def draw_figure(report: TableReport, published: dict, paper: str, profile: str, 
         paper_err = [math.nan if c.paper.std is None else c.paper.std for c in cells]   # nan: no error bar
         ax.bar([x - 0.2 for x in xs], [c.paper.mean for c in cells], 0.4, yerr=paper_err, capsize=3, color=PAPER_COLOUR)
         ours = [(x, c.ours) for x, c in zip(xs, cells) if c.ours and c.ours.n]
+        labels = [spec["methods"][c.method]["label"] for c in cells]
+        for method, stated in (spec.get("stated_in_text") or {}).items():
+            stats = report.ours_stats.get((report.table, setting, method))
+            if stats and stats.n:
+                ours.append((len(labels), stats))
+                labels.append(f"{stated['label']} (paper: text only)")
         ax.bar([x + 0.2 for x, _ in ours], [s.mean for _, s in ours], 0.4, yerr=[s.std for _, s in ours],
                capsize=3, color=OURS_COLOUR)
-        ax.set_xticks(list(xs), [spec["methods"][c.method]["label"] for c in cells], rotation=30, ha="right",
-                      fontsize=8)
-        ax.set_title(spec["settings"][setting]["label"], fontsize=10)
+        ax.set_xticks(range(len(labels)), [textwrap.fill(label, 28) for label in labels], rotation=30,
+                      ha="right", fontsize=8)
+        ax.set_title(textwrap.fill(spec["settings"][setting]["label"], 48), fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("test accuracy (%)")
     fig.legend(handles=[Patch(color=PAPER_COLOUR, label="paper"), Patch(color=OURS_COLOUR, label=f"ours ({profile})")],
