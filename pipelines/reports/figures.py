@@ -13,6 +13,21 @@ from pipelines.reports.table_report import TableReport
 PAPER_COLOUR, OURS_COLOUR = "#9aa5b1", "#1f77b4"
 
 
+def figure_bars(report: TableReport, spec: dict, setting: str) -> tuple[list[str], list, list]:
+    """One panel's x labels, and its paper and ours bars as (x, Stats): every published cell of the setting,
+    then the `stated_in_text` methods we ran (ours only: the paper gives no number for them)."""
+    cells = [c for c in report.cells if c.setting == setting]
+    labels = [spec["methods"][c.method]["label"] for c in cells]
+    paper_bars = list(enumerate(c.paper for c in cells))
+    ours = [(x, c.ours) for x, c in enumerate(cells) if c.ours and c.ours.n]
+    for method, stated in (spec.get("stated_in_text") or {}).items():
+        stats = report.ours_stats.get((report.table, setting, method))
+        if stats and stats.n:
+            ours.append((len(labels), stats))
+            labels.append(f"{stated['label']} (paper: text only)")
+    return labels, paper_bars, ours
+
+
 def draw_figure(report: TableReport, published: dict, paper: str, profile: str, path: Path) -> bool:
     """Grouped bars (paper vs ours, ± std; no error bar where the paper prints no std) per setting, then
     ours alone for the methods the paper states only in its text (`stated_in_text`: no number to draw);
@@ -25,17 +40,10 @@ def draw_figure(report: TableReport, published: dict, paper: str, profile: str, 
     fig = Figure(figsize=(max(6.0, 4.0 * len(settings)), 4.8), dpi=100)
     axes = fig.subplots(1, len(settings), sharey=True, squeeze=False)[0]
     for ax, setting in zip(axes, settings):
-        cells = [c for c in report.cells if c.setting == setting]
-        xs = range(len(cells))
-        paper_err = [math.nan if c.paper.std is None else c.paper.std for c in cells]   # nan: no error bar
-        ax.bar([x - 0.2 for x in xs], [c.paper.mean for c in cells], 0.4, yerr=paper_err, capsize=3, color=PAPER_COLOUR)
-        ours = [(x, c.ours) for x, c in zip(xs, cells) if c.ours and c.ours.n]
-        labels = [spec["methods"][c.method]["label"] for c in cells]
-        for method, stated in (spec.get("stated_in_text") or {}).items():
-            stats = report.ours_stats.get((report.table, setting, method))
-            if stats and stats.n:
-                ours.append((len(labels), stats))
-                labels.append(f"{stated['label']} (paper: text only)")
+        labels, paper_bars, ours = figure_bars(report, spec, setting)
+        paper_err = [math.nan if s.std is None else s.std for _, s in paper_bars]   # nan: no error bar
+        ax.bar([x - 0.2 for x, _ in paper_bars], [s.mean for _, s in paper_bars], 0.4, yerr=paper_err, capsize=3,
+               color=PAPER_COLOUR)
         ax.bar([x + 0.2 for x, _ in ours], [s.mean for _, s in ours], 0.4, yerr=[s.std for _, s in ours],
                capsize=3, color=OURS_COLOUR)
         ax.set_xticks(range(len(labels)), [textwrap.fill(label, 28) for label in labels], rotation=30,

@@ -11,7 +11,7 @@ import yaml
 import pipelines.reports as report
 from common.config import config_hash, load_params
 from common.io import write_json_atomic
-from common.run.results import RunKey
+from common.run.results import RunKey, collect_results
 from papers.hu19.tables import resolve_requirements
 from pipelines.grid import table_configs
 from pipelines.reports import (
@@ -22,6 +22,7 @@ from pipelines.reports import (
     seed_stats,
     table_deviations,
 )
+from pipelines.reports.figures import figure_bars
 from tests.conftest import REPO
 from tests.integration.report_toys import section, toy_hu19_published, verdict_rows, write_toy_result
 
@@ -327,6 +328,12 @@ def test_a_result_stated_only_in_the_text_is_shown_and_its_claims_checked(toy, t
     assert verdict_rows(markdown, "t2")[("R one", "Augmentation")] == ["around 50", "51.00 ± 1.00 (2)"]
     index = (tmp_path / "reports" / "index.md").read_text()       # same scoreboard as without it
     assert "| hu19 | t2 | cpu | no | 0 | 1 | 1 | 1 | 4 | [hu19.md](hu19.md) |" in index
+    # the figure draws it as an ours-only bar after the published cells
+    results = collect_results(tmp_path / "results", "cpu", "hu19")
+    labels, paper_bars, ours = figure_bars(report.build_table(published, "t2", toy, "hu19", "cpu", results),
+                                           published["tables"]["t2"], "r1")
+    assert labels[-1] == "Augmentation (paper: text only)" and len(paper_bars) == len(labels) - 1
+    assert ours[-1][0] == len(labels) - 1 and ours[-1][1].mean == 51.0 and ours[-1][1].n == 2
     published["tables"]["t2"]["stated_in_text"]["aug"]["orderings"] = [["m1", "base"]]
     (tmp_path / "papers" / "hu19" / "paper_tables.yaml").write_text(yaml.safe_dump(published, sort_keys=False))
     with pytest.raises(report.ConfigError, match=r"t2.stated_in_text.aug.orderings: \['m1', 'base'\]"):
