@@ -20,10 +20,10 @@ then the loss of the method:
 | *_original_label | as mmel_h / mmel_s with y_i as every view's label and no teacher (Table 4) |
 
 A view's label is the teacher's output on it (Sec. 3.3), x_i keeps y_i. Choices the paper leaves open
-(also in the README): epochs (3, BERT's GLUE default; the paper gives none), linear warm-up over the
-first 10% of steps then linear decay (BERT's schedule; Table 7 names only AdamW, lr 3e-5, batch 32, no
-weight decay), the scores of the last epoch (no selection on dev: dev is what Table 3 reports), the
-backbone's dropout (Table 7: {0, 0.1}; we keep 0.1).
+(also in the README): the scores of the last epoch (no selection on dev: dev is what Table 3 reports), the
+backbone's dropout (Table 7: {0, 0.1}; we keep 0.1), gradient norm clipping at 1.0. The schedule is Table 7's
+(AdamW, batch 32, no weight decay, 10 epochs, linear decay after `warmup` x the steps of linear warm-up: 0 in
+the paper profile); the cpu profile's lr and warm-up differ (params.yaml).
 """
 from __future__ import annotations
 
