@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import importlib
+import json
 import logging
 import os
 import subprocess

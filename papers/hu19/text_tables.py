@@ -329,8 +329,7 @@ def _fit_augmenter(config, classifier_device, train, dev, num_labels, seed, cach
     the global RNG state right after it) is cached at `cache_path` under `augmenter_fit_key`: the
     second run loads it and goes on exactly as if it had fitted it itself (~20 CBERT epochs saved)."""
     from common.augment.cbert import LabelConditionalMLM, fit_cbert
-    from common.text.mlm import load_mlm_model
-    from common.text.mlm import check_dev_pool_held_out
+    from common.text.mlm import check_dev_pool_held_out, load_mlm_model
     aug = config["augmentation"]
     check_dev_pool_held_out(config.get("mlm_dir"), config["dataset"], config["dev_source"], config["dev_pool_size"])
     cache = RunCheckpoint(cache_path, augmenter_fit_key(config, train, dev, num_labels)) if cache_path else None

@@ -70,10 +70,8 @@ from papers.mmel.mmel import (
     mmel_s_regression_loss,
 )
 from papers.mmel.text_data import (
-    GLUE_TASKS,
     ensure_teacher,
     ensure_views,
-    is_pair_task,
     load_task,
     num_outputs,
     teacher_tensor,

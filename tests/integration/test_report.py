@@ -87,7 +87,7 @@ def test_seed_stats_population_std_and_failed_runs():
 
 def test_like_for_like_rule_boundary():
     paper = Stats(n=4, mean=50.0, std=3.0)           # se^2 = 9/4
-    ours = dict(n=4, std=4.0)                         # se^2 = 16/4; bound = 2·√6.25 = 5
+    ours = {"n": 4, "std": 4.0}                        # se^2 = 16/4; bound = 2·√6.25 = 5
     assert like_for_like_verdict(paper, Stats(mean=55.0, **ours)) == Verdict("OK")
     assert like_for_like_verdict(paper, Stats(mean=45.0, **ours)) == Verdict("OK")
     assert like_for_like_verdict(paper, Stats(mean=55.01, **ours)) == Verdict("FAIL")

@@ -7,8 +7,15 @@ import shutil
 
 import pytest
 
-from common.run.tracking import (EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, PARENT_TAG, SUMMARY_KEY_TAG, Tracker,
-                                 result_id, run_times)
+from common.run.tracking import (
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    PARENT_TAG,
+    SUMMARY_KEY_TAG,
+    Tracker,
+    result_id,
+    run_times,
+)
 
 
 def fake_result(seed, method="base", table="table2"):

@@ -4,9 +4,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.text import backbones as text_models
 from common.errors import ConfigError
 from common.meta.lookahead import lookahead_meta_gradient, reference_meta_gradient
+from common.text import backbones as text_models
 from common.text.backbones import encode_texts, load_tokenizer, minilm_dir
 from common.text.classifier import build_text_classifier
 from common.train.optimizers import adamw_param_groups

@@ -5,7 +5,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.train import batches as token_batches
 from common.meta.lookahead import (
     dev_loss_grad,
     model_buffers,
@@ -14,6 +13,7 @@ from common.meta.lookahead import (
 )
 from common.text.backbones import build_encoder
 from common.text.classifier import TextClassifier
+from common.train import batches as token_batches
 from common.train.batches import (
     GROUP_OVERHEAD_TOKENS,
     Batch,
