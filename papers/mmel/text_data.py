@@ -33,6 +33,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from common.config import config_hash
 from common.data.glue import GLUE_LOADERS, TASKS
 from common.errors import ConfigError, DataError
 from common.io import write_json_atomic, write_or_check_split_file
@@ -131,6 +132,13 @@ def artifact_dir(config: dict) -> Path:
     return ARTIFACTS_DIR / config["profile"] / config["task"]
 
 
+def artifact_path(config: dict, kind: str, meta: dict) -> Path:
+    """`<artifact_dir>/<kind>_b<|B|>-<hash of meta>.json`: one file per config that made it, so editing
+    a recipe key (e.g. the teacher's `lr`) builds a new file beside the old one instead of failing
+    mid-grid on it, and an old file is never overwritten."""
+    return artifact_dir(config) / f"{kind}_b{config['num_views']}-{config_hash(meta)[:12]}.json"
+
+
 def views_meta(config: dict, mlm_sha: str) -> dict:
     return {"task": config["task"], "train_limit": config["train_limit"], "data_seed": config["data_seed"],
             "num_views": config["num_views"], "mask_ratio": config["mask_ratio"], "mlm_sha256": mlm_sha,
@@ -142,7 +150,7 @@ def ensure_views(config: dict, x_train: list, mirror: str | None) -> tuple[list[
     from papers.mmel.text_views import augment_task, read_views, write_views
     mlm_sha = ensure_mlm(config["mlm"], mirror)
     meta = {**views_meta(config, mlm_sha), "n": len(x_train)}
-    path = artifact_dir(config) / f"views_b{config['num_views']}.json"
+    path = artifact_path(config, "views", meta)
     with _locked(path):
         if not path.is_file():
             from common.text.backbones import load_tokenizer
@@ -170,7 +178,7 @@ def ensure_teacher(config: dict, train_fn: Callable[[], dict], views_sha: str) -
     [N, |B| - 1] scores; `train_fn`
     trains the teacher (the baseline recipe, seed 0) and returns {"outputs": array, "dev_score": float}."""
     meta = teacher_meta(config, views_sha)
-    path = artifact_dir(config) / f"teacher_b{config['num_views']}.json"
+    path = artifact_path(config, "teacher", meta)
     with _locked(path):
         if not path.is_file():
             log.warning("mmel teacher: fine-tuning %s on %s (%d epochs) -> %s", config["backbone"], config["task"],
@@ -181,8 +189,8 @@ def ensure_teacher(config: dict, train_fn: Callable[[], dict], views_sha: str) -
         stored = json.loads(path.read_text())
     if stored.get("meta") != meta:
         diff = sorted(k for k in {**meta, **stored.get("meta", {})} if stored.get("meta", {}).get(k) != meta.get(k))
-        raise DataError(f"{path}: teacher outputs made for another config (differs in {diff}); delete the file to "
-                        "rebuild it")
+        raise DataError(f"{path}: teacher outputs made for another config (differs in {diff}; the file name's "
+                        "hash is of this config's, so the file was copied or edited); delete the file to rebuild it")
     outputs = np.asarray(stored["outputs"], dtype=np.float32)
     expected = (config["n_train"], config["num_views"] - 1)
     if outputs.shape[:2] != expected:

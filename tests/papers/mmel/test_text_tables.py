@@ -110,14 +110,28 @@ def test_a_changed_split_file_is_refused(tmp_path, mirror):
     assert path.read_bytes() == before[:40]
 
 
-def test_teacher_outputs_of_another_config_are_refused(tmp_path, monkeypatch):
+def test_another_teacher_config_gets_its_own_file_and_a_copied_one_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = {**smoke_configs()[0], "n_train": 2}
     made = {"outputs": np.full((2, 2, 2), 0.5), "dev_score": 1.0}
     outputs, dev = text_data.ensure_teacher(config, lambda: made, "sha")
     assert outputs.shape == (2, 2, 2) and dev == 1.0
-    with pytest.raises(DataError, match=r"teacher outputs made for another config \(differs in \['lr'\]\)"):
-        text_data.ensure_teacher({**config, "lr": 1.0}, lambda: made, "sha")
+    first = text_data.artifact_path(config, "teacher", text_data.teacher_meta(config, "sha"))
+    before = first.read_bytes()
+    # an edited recipe key (lr) trains a new teacher beside the old one, which stays as it was
+    again = {"outputs": np.full((2, 2, 2), 0.25), "dev_score": 2.0}
+    changed = {**config, "lr": 1.0}
+    outputs, dev = text_data.ensure_teacher(changed, lambda: again, "sha")
+    assert dev == 2.0 and np.allclose(outputs, 0.25) and first.read_bytes() == before
+    second = text_data.artifact_path(changed, "teacher", text_data.teacher_meta(changed, "sha"))
+    assert second != first and second.is_file()
+    # the first config finds its own outputs again, without training
+    outputs, dev = text_data.ensure_teacher(config, lambda: pytest.fail("retrained"), "sha")
+    assert dev == 1.0
+    # a file copied under another config's name is refused, naming the key that differs
+    second.write_bytes(before)
+    with pytest.raises(DataError, match=r"teacher outputs made for another config \(differs in \['lr'\]; the file"):
+        text_data.ensure_teacher(changed, lambda: again, "sha")
 
 
 # -------------------------------------------------------------------------------------- smoke runs
@@ -135,8 +149,9 @@ def test_smoke_runs_of_every_method_score_their_cells(tmp_path, monkeypatch, mir
             assert set(cells["table3"]) == expected
         assert all(math.isfinite(v) for t in cells.values() for v in t.values())
         assert (r.get("mlm") is None) == (c["method"] == "baseline")
-    assert (tmp_path / "artifacts/mmel/smoke/cola/views_b3.json").is_file()
-    views = json.loads((tmp_path / "artifacts/mmel/smoke/stsb/views_b3.json").read_text())
+    assert len(list((tmp_path / "artifacts/mmel/smoke/cola").glob("views_b3-*.json"))) == 1
+    [stsb_views] = (tmp_path / "artifacts/mmel/smoke/stsb").glob("views_b3-*.json")
+    views = json.loads(stsb_views.read_text())
     assert len(views["views"]) == 12 and all(len(v) == 2 for v in views["views"])
     # same seed, same numbers (the artifacts are reused, the run itself is repeated)
     c = next(c for c in smoke_configs() if c["task"] == "stsb" and c["method"] == "mmel_s")
