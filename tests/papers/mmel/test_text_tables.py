@@ -222,5 +222,20 @@ def test_glue_time_rows_count_each_run_once():
             for method, hours in (("baseline", 1.0), ("mmel_h", 4.0)):
                 r = {"method": method, "seed": seed, "config_hash": f"{task}{method}{seed}", "wall_s": hours * 3600}
                 runs += [{**r, "setting": f"dev_{task}"}, {**r, "setting": f"test_{task}"}]   # two cells, one run
-    rows = glue_time_rows(spec, runs)
-    assert rows == [["B", "2.0", "1.0x", "2.00 (2)", "1.0x"], ["H", "3.0", "1.5x", "8.00 (2)", "4.0x"]]
+    rows, tasks = glue_time_rows(spec, runs)
+    assert tasks == ["cola", "stsb"]
+    assert rows == [["B", "2.0", "1.0x", "2.00 (≥ 2)", "1.0x"], ["H", "3.0", "1.5x", "8.00 (≥ 2)", "4.0x"]]
+
+
+def test_glue_time_rows_ignore_a_slowed_run_and_a_seed_in_progress():
+    """One run slowed by other load moves a median of three by nothing; a task only one method has run
+    yet is left out of every sum (else a seed in progress would shorten one method's hours)."""
+    from papers.mmel.report_sections import glue_time_rows
+    spec = {"methods": {"baseline": {"label": "B"}, "mmel_h": {"label": "H"}}, "time_h": {}}
+    runs = [{"method": m, "seed": s, "config_hash": f"{t}{m}{s}", "setting": f"dev_{t}", "wall_s": h * 3600}
+            for t in ("cola", "rte") for m, h in (("baseline", 1.0), ("mmel_h", 2.0)) for s in (0, 1, 2)]
+    runs[4]["wall_s"] *= 4                                   # cola mmel_h seed 1, slowed 4x
+    runs.append({"method": "baseline", "seed": 0, "config_hash": "stsb", "setting": "dev_stsb", "wall_s": 3600})
+    rows, tasks = glue_time_rows(spec, runs)
+    assert tasks == ["cola", "rte"]
+    assert rows == [["B", "—", "—", "2.00 (≥ 3)", "1.0x"], ["H", "—", "—", "4.00 (≥ 3)", "2.0x"]]
