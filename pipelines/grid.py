@@ -83,7 +83,8 @@ def grid_status(params: dict, paper: str, profile: str, tables: list[str]) -> li
             by_cell.setdefault((c["setting"], c["method"]), []).append(state)
         for (setting, method), states in by_cell.items():
             walls = sorted(float(r["wall_s"]) for r in runs
-                           if r["method"] == method and r["config_hash"] == expected.get((r["setting"], method, r["seed"])))
+                           if r["method"] == method
+                           and r["config_hash"] == expected.get((r["setting"], method, r["seed"])))
             todo = len(states) - states.count("done")
             est = todo * walls[len(walls) // 2] if walls else (0.0 if todo == 0 else None)
             cells.append(CellStatus(table, setting, method, states.count("done"), states.count("missing"),

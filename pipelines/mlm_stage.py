@@ -14,8 +14,8 @@ import fcntl
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from common.config import config_hash, data_mirror
 from common.errors import ConfigError, ReproError
@@ -120,7 +120,8 @@ def ensure_mlm(params: dict, profile: str, configs: list[dict], results_dir: Pat
     for mlm_dir in sorted(needed):
         if Path(mlm_dir).resolve() != Path(cfg["out_dir"]).resolve():
             if mlm_weights_sha256(mlm_dir) is None:
-                raise ConfigError(f"mlm_dir {mlm_dir}: holds no MLM ({Path(mlm_dir) / 'model.safetensors'} missing) and "
+                raise ConfigError(f"mlm_dir {mlm_dir}: holds no MLM ({Path(mlm_dir) / 'model.safetensors'} missing) "
+                                  "and "
                                   f"is not mlm.profiles.{profile}.out_dir ({cfg['out_dir']}), which `repro run` "
                                   "builds on demand; point mlm_dir there or train this MLM yourself")
             continue

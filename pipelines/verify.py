@@ -139,11 +139,11 @@ def plan_verify(params: dict, paper: str, profile: str, tables: list[str], *, se
             stored = r.get("config")
             if stored is None or config_hash(stored) != r["config_hash"]:
                 what = ("stores no `config`" if stored is None else
-                        f"stores a `config` that hashes to {config_hash(stored)}, not its config_hash {r['config_hash']} "
-                        "(the file was edited)")
+                        f"stores a `config` that hashes to {config_hash(stored)}, not its config_hash "
+                        f"{r['config_hash']} (the file was edited)")
                 raise ReproError(f"{results_dir / profile / _label(r)}.json: the committed result "
-                                 f"{what}, so it cannot be re-run exactly; restore the file from git, or move it away and "
-                                 "`repro run` that seed again")
+                                 f"{what}, so it cannot be re-run exactly; restore the file from git, or move it away "
+                                 "and `repro run` that seed again")
     return Plan(paper, profile, matching, selected)
 
 

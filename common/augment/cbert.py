@@ -19,7 +19,7 @@ fixed augmenter (the `fixed_aug` baseline, Wu et al. 2019).
 from __future__ import annotations
 
 import copy
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F

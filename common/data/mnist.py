@@ -38,7 +38,8 @@ def _from_mirror(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     folder = root / "mnist"
     if not folder.is_dir():
         raise DataError(f"{folder}: no mnist folder in the data mirror REPRO_DATA_MIRROR={root}")
-    return {split: _read_npz(verify_file(folder / f"{split}.npz", SHA256[f"{split}.npz"])) for split in ("train", "test")}
+    return {split: _read_npz(verify_file(folder / f"{split}.npz", SHA256[f"{split}.npz"]))
+            for split in ("train", "test")}
 
 
 def _from_official() -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -46,11 +47,14 @@ def _from_official() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
     root = cache_dir() / "mnist_official"
     try:
-        sets = {s: torchvision.datasets.MNIST(root=str(root), train=s == "train", download=True) for s in ("train", "test")}
+        sets = {s: torchvision.datasets.MNIST(root=str(root), train=s == "train", download=True)
+                for s in ("train", "test")}
     except Exception as exc:
         raise DataError("MNIST: REPRO_DATA_MIRROR is not set and downloading the official files failed "
-                        f"({type(exc).__name__}: {exc}); set REPRO_DATA_MIRROR to a folder holding mnist/*.npz") from exc
-    return {s: (d.data.numpy()[..., None].astype(np.uint8), d.targets.numpy().astype(np.int64)) for s, d in sets.items()}
+                        f"({type(exc).__name__}: {exc}); set REPRO_DATA_MIRROR to a folder holding "
+                        "mnist/*.npz") from exc
+    return {s: (d.data.numpy()[..., None].astype(np.uint8), d.targets.numpy().astype(np.int64))
+            for s, d in sets.items()}
 
 
 def load_mnist(mirror: str | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:

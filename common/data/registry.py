@@ -4,7 +4,7 @@ x is an image array (cifar10) or a list of texts (text datasets); y is always an
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from common.data.cifar10 import load_cifar10
 from common.data.text import (

@@ -15,9 +15,9 @@ includes the diff, and a clean tree stores nothing extra.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 from common.config import config_hash
 from common.errors import ReproError

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import traceback
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
-from typing import Iterator
 
 from common.errors import ReproError
 from common.run.job import Job, execute_job

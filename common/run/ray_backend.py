@@ -23,8 +23,8 @@ import dataclasses
 import logging
 import os
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from common.errors import ReproError
 from common.io import write_json_atomic

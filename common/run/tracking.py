@@ -24,9 +24,9 @@ import datetime as dt
 import logging
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 log = logging.getLogger("repro.tracking")
 

@@ -14,7 +14,8 @@ model uses the MiniLM package's tokenizer. A missing backbone raises ConfigError
 `TextClassifier` = BertModel (no pooler) + dropout + linear head on the first-token ([CLS]) hidden
 state. Deviation: the official hu19 code (BertForSequenceClassification) classifies the *pooled*
 output (tanh dense layer trained for next-sentence prediction); all-MiniLM-L6-v2 was trained with
-mean pooling and its stored pooler is unused, so for uniformity every backbone uses the first token. The pooler is not even built, so every
+mean pooling and its stored pooler is unused, so for uniformity every backbone uses the first token.
+The pooler is not even built, so every
 parameter gets a gradient (a parameter without one would make AdamW's weight decay differ between
 `torch.optim.AdamW`, which skips it, and `common.meta.lookahead.adam_deltas`, which would not).
 

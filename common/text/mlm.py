@@ -14,8 +14,8 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -209,7 +209,8 @@ def _train_mlm(backbone, train_texts, dev_texts, out_dir: Path, *, steps, batch_
     torch.manual_seed(seed)                            # the random parts: the MiniLM head, the tiny model
     model = (_from_pretrained(backbone_dir(backbone), backbone, require_head=False)
              if backbone == "all-MiniLM-L6-v2" else load_mlm_model(backbone))
-    encode = lambda texts: tokenizer(list(texts), truncation=True, max_length=max_seq_len)["input_ids"] if len(texts) else []
+    encode = lambda texts: (tokenizer(list(texts), truncation=True, max_length=max_seq_len)["input_ids"]
+                            if len(texts) else [])
     train_rows, dev_rows = encode(train_texts), sorted(encode(dev_texts), key=len)   # sorted: less padding
     dev_generator = torch.Generator().manual_seed(DEV_MASK_SEED)
     dev_batches = []

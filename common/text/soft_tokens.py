@@ -3,8 +3,8 @@ probability-weighted input embeddings.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,7 @@ class SoftTokens:
     def concat(parts: Sequence[SoftTokens]) -> SoftTokens:
         """Rows of all parts in order, right-padded to the longest."""
         width = max(p.input_ids.shape[1] for p in parts)
-        return SoftTokens(torch.cat([F.pad(p.input_ids, (0, width - p.input_ids.shape[1]), value=PAD_ID) for p in parts]),
+        return SoftTokens(torch.cat([F.pad(p.input_ids, (0, width - p.input_ids.shape[1]), value=PAD_ID)
+                                     for p in parts]),
                           torch.cat([F.pad(p.positions, (0, width - p.positions.shape[1])) for p in parts]),
                           torch.cat([p.probs for p in parts]))

@@ -9,9 +9,8 @@ are masked out of attention exactly) for a fraction of the cost; the batch itsel
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch import Tensor
@@ -34,7 +33,7 @@ class ArrayData:
     def __len__(self) -> int:
         return len(self.y)
 
-    def to(self, device: torch.device) -> "ArrayData":
+    def to(self, device: torch.device) -> ArrayData:
         return ArrayData(self.x.to(device), self.y.to(device))
 
     def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:

@@ -111,7 +111,8 @@ class AugmentationStep:
             raise ValueError("ours_aug needs augmenter_optimizer and dev data")
         self.method, self.classifier, self.optimizer = method, classifier, optimizer
         self.generator, self.augmenter, self.augmenter_optimizer = generator, augmenter, augmenter_optimizer
-        self.synonym_variants, self.dev, self.n_aug_meta, self.tau, self.trim = synonym_variants, dev, n_aug_meta, tau, trim
+        self.synonym_variants, self.dev, self.n_aug_meta, self.tau, self.trim = (synonym_variants, dev, n_aug_meta,
+                                                                                 tau, trim)
         self.modes = modes
         self.last_meta_dev_loss: float | None = None
 

@@ -7,8 +7,9 @@ test set filtered to the two classes. Hyperparameters come from params.yaml (hu1
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,8 +87,10 @@ class TableDef:
 
 TABLES = {
     "table1": TableDef(("sst5", "imdb", "trec"),
-                       ("base", "base_val", "synonym", "fixed_aug", "ours_aug", "ren", "ours_weight", "ours_weight_eq12"),
-                       "Low-data text classification (SST-5 40+2, IMDB/TREC 40+5 per class), augmentation and weighting"),
+                       ("base", "base_val", "synonym", "fixed_aug", "ours_aug", "ren", "ours_weight",
+                        "ours_weight_eq12"),
+                       "Low-data text classification (SST-5 40+2, IMDB/TREC 40+5 per class), augmentation "
+                       "and weighting"),
     "table2": TableDef(("pretrained", "not_pretrained"), ("base", "base_val", "ren", "ours_weight", "ours_weight_eq12"),
                        "CIFAR-10 low data (40+2 per class), data weighting"),
     "table4": TableDef(("ratio_20", "ratio_50", "ratio_100"),
@@ -271,7 +274,8 @@ def load_split(config: dict, mirror: str | None, split_path=None) -> tuple[Array
         idx = np.asarray(idx, dtype=np.int64)
         return ArrayData(_to_tensor(x[idx]), torch.tensor([remap[int(v)] for v in y[idx]], dtype=torch.int64))
 
-    return take(train_x, train_y, split["train"]), take(train_x, train_y, split["dev"]), take(test_x, test_y, split["test"])
+    return (take(train_x, train_y, split["train"]), take(train_x, train_y, split["dev"]),
+            take(test_x, test_y, split["test"]))
 
 
 def execute(config: dict, mirror: str | None, on_epoch: Callable[[dict], None] | None = None,

@@ -65,7 +65,7 @@ class MetaStepConfig:
     seed: int = 0                   # of the dev-batch shuffle
 
     @classmethod
-    def from_run_config(cls, config: dict) -> "MetaStepConfig":
+    def from_run_config(cls, config: dict) -> MetaStepConfig:
         block = dict(config.get("meta_step") or {})
         chunk = block.pop("chunk", None)
         uniform = bool(block.pop("uniform_before_adam_state", False))

@@ -165,7 +165,8 @@ def cg_solve(hvp: HVP, b: Tensor, *, damping: float = 0.0, rtol: float = 1e-10, 
         if not check_spd:
             lo, hi, _ = spectrum_bounds(hvp, n, dense_limit)
             check_positive_definite(lo, hi, damping)
-        raise InfluenceError(f"maxiter={maxiter}: CG stopped after {iters[0]} iterations at relative residual {res:.2e} "
+        raise InfluenceError(f"maxiter={maxiter}: CG stopped after {iters[0]} iterations at relative "
+                             f"residual {res:.2e} "
                              f"(rtol={rtol:g}); raise maxiter or damping (ill-conditioned Hessian)")
     return SolveResult(x, "cg", damping, iters[0], res, seconds, count[0] + 1)
 
@@ -183,7 +184,8 @@ def lissa_solve(hvp_sample: HVP, b: Tensor, *, scale: float, damping: float = 0.
     result). `hvp_full` (the full-batch HVP) gives the exact residual."""
     damping = _check_damping(damping)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
-        raise InfluenceError(f"scale: {scale!r}; expected a finite number > 0 (above half the largest Hessian eigenvalue)")
+        raise InfluenceError(f"scale: {scale!r}; expected a finite number > 0 "
+                             "(above half the largest Hessian eigenvalue)")
     for name, val in (("depth", depth), ("repeats", repeats)):
         if isinstance(val, bool) or not isinstance(val, int) or val < 1:
             raise InfluenceError(f"{name}: {val!r}; expected a positive int")

@@ -50,7 +50,8 @@ def generator_lines(runs: list[dict]) -> list[str]:
     for g in seen.values():
         last = (g.get("history") or [{}])[-1]
         lines.append(f"- G `{g['path']}` (sha256 {g['sha256'][:12]}…): {last.get('step', '?')} WGAN-GP steps on "
-                     f"{g.get('images', '?')} images; at the end, rms displacement {last.get('disp_rms', float('nan')):.3g} "
+                     f"{g.get('images', '?')} images; at the end, rms displacement "
+                     f"{last.get('disp_rms', float('nan')):.3g} "
                      f"(normalised coordinates) and rms pixel change {last.get('image_rms_change', float('nan')):.3g}.")
     return lines
 

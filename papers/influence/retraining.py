@@ -63,7 +63,8 @@ def run(profile: str, mirror: str | None, out_dir: Path) -> dict:
     indices = np.linspace(0, len(tx) - 1, cfg["points"]).round().astype(int).tolist()
     torch.manual_seed(0)
     models = {"logistic_regression": (nn.Linear(d, 2).double(), 0.0),
-              "mlp_damped": (nn.Sequential(nn.Linear(d, cfg["hidden"]), nn.Tanh(), nn.Linear(cfg["hidden"], 2)).double(),
+              "mlp_damped": (nn.Sequential(nn.Linear(d, cfg["hidden"]), nn.Tanh(),
+                                           nn.Linear(cfg["hidden"], 2)).double(),
                              cfg["damping"])}
     report = {"profile": profile, "config": cfg, "classes": list(CLASSES), "models": {}}
     for name, (model, damping) in models.items():

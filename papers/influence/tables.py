@@ -174,7 +174,8 @@ class InfluenceTable(TableBlock):
         shortest = min([self.epochs, *(s.epochs for s in self.settings.values() if s.epochs)])
         if self.milestones != sorted(self.milestones) or (self.milestones and self.milestones[-1] >= shortest):
             fail("milestones", f"expected increasing epochs < epochs ({shortest}), got {self.milestones}")
-        require(self, ["betas"] if self.optimizer == "adam" else ["momentum"], needed_by=[f"optimizer {self.optimizer}"])
+        require(self, ["betas"] if self.optimizer == "adam" else ["momentum"],
+                needed_by=[f"optimizer {self.optimizer}"])
         if "heuristic" in self.methods:
             require(self, ["heuristic_ops", "heuristic_length"], needed_by=["heuristic"])
         if "proposed" in self.methods:

@@ -15,7 +15,8 @@ same number of F steps). Two rows, as the paper's figure:
   down by `shift`. The paper: the augmentation learns a downward translation.
 
     python3 -m papers.influence.toy --profile smoke    # seconds: reports/figures/influence_figure3_smoke.{png,json}
-    python3 -m papers.influence.toy --profile cpu      # ~1-2 min, 1 thread: reports/figures/influence_figure3.{png,json}
+    python3 -m papers.influence.toy --profile cpu      # ~1-2 min, 1 thread:
+                                                       # reports/figures/influence_figure3.{png,json}
 
 The figure (seed 0 of each row), columns: (i) training points + P(blue) of `none`'s F, (ii) validation points
 + the same contour, (iii) the influence-translated training points (arrows from the originals) + the contour
@@ -232,7 +233,8 @@ def verdicts(report: dict) -> list[str]:
     s2 = report["rows"]["shifted"]["summary"]
     dy = s2["influence"]["mean_translation_y"]
     out.append(f"row 2: mean learned translation y {dy['mean']:+.3f} ± {dy['std']:.3f} (validation moved by "
-               f"{-ROWS['shifted']['shift']:+.2f}); paper: downward -> " + ("agrees" if dy["mean"] < 0 else "does NOT agree"))
+               f"{-ROWS['shifted']['shift']:+.2f}); paper: downward -> "
+               + ("agrees" if dy["mean"] < 0 else "does NOT agree"))
     for row, r in report["rows"].items():
         s = r["summary"]
         loss = {m: s[m]["val_loss"]["mean"] for m in METHODS}

@@ -10,7 +10,8 @@ Methods (Sec. 5.2-5.3):
 
 Alg. 1 is not in the text we have, so its schedule is ours (README): the first `warmup_fraction` of the
 epochs on the originals only (the influence of an untrained F says nothing), then `rounds` encoder rounds,
-each at the start of an epoch, evenly spaced over the rest (`round_epochs`): s_val = (H + damping I)^-1 grad L(z^val) on F's top layer (H over the train
+each at the start of an epoch, evenly spaced over the rest (`round_epochs`):
+s_val = (H + damping I)^-1 grad L(z^val) on F's top layer (H over the train
 originals' features, z^val the dev split), then `encoder.steps` Adam steps on E (Appendix B: lr 0.01,
 betas (0.9, 0.99), batch 128) with F and G fixed; s_val stays fixed within the round (Sec. 3.4). E persists
 across rounds. The originals are never dropped (Sec. 3.3: "it does not mean that original samples are excluded").

@@ -90,7 +90,8 @@ def run_benchmark(paper: str = "metaaugment", repeats: int = 5, out_dir: Path = 
     base = step_s["baseline"]
     rows = [{"name": f"{name} step", "seconds_per_step": round(s, 4), "ratio_to_baseline": round(s / base, 2)}
             for name, s in step_s.items()]
-    rows.append({"name": "14-op pipeline (flip/crop, op pair, Cutout 16), 32x32", "images_per_second": round(n / aug_s)})
+    rows.append({"name": "14-op pipeline (flip/crop, op pair, Cutout 16), 32x32",
+                 "images_per_second": round(n / aug_s)})
     ratio = step_s["metaaugment (jvp)"] / base
     payload = {
         "paper": paper, "suite": "speed", "profile": profile,

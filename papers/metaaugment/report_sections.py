@@ -24,7 +24,8 @@ FIGURE2_TABLES = {"table1": "CIFAR-10", "table3": "Omniglot"}
 FIGURE5_NOTE = ("Figure 5's analog: eps is Eq. 5's share of uniform sampling (metaaugment_eps0: the estimated "
                 "distribution only; metaaugment: the table's eps, 0.1; metaaugment_eps1: uniform op pairs, the policy "
                 "still weighting the samples). The paper's sweep is Omniglot WRN-28-10; the cpu sweep is CIFAR-10 "
-                "ResNet-20, so only the text's ordering (0.1 above 1.0) is checked, under 'Stated in the paper's text'.")
+                "ResNet-20, so only the text's ordering (0.1 above 1.0) is checked, under 'Stated in the paper's "
+                "text'.")
 _panels: dict[str, dict] = {}          # table -> {"profile", "setting", "n", "ops", "p"} (see the docstring)
 
 

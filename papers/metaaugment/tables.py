@@ -267,7 +267,8 @@ def make_split(config: dict, labels: np.ndarray, test_labels: np.ndarray) -> dic
     keep = labels < classes
     per_class = int(np.bincount(labels[keep]).min())
     train = config["train_per_class"] or per_class - config["dev_per_class"] - (config["test_per_class"] or 0)
-    split = per_class_split(labels, config["data_seed"], (train, config["dev_per_class"], config["test_per_class"] or 0),
+    split = per_class_split(labels, config["data_seed"],
+                            (train, config["dev_per_class"], config["test_per_class"] or 0),
                             characters=classes)
     if config["dataset"] != "omniglot":
         split["test"] = [int(i) for i in np.flatnonzero(test_labels < classes)]

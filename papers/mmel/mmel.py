@@ -31,7 +31,8 @@ Choices the paper leaves open (the package README repeats them):
   normalised over the |B|-1 augmented views and its KL is to the uniform distribution on those.
 * Image classification (Sec. 4.1): every view keeps the original label. Text (Sec. 3.3): labels may
   instead be teacher probabilities per view, [N, |B|, C] (view 0, x_i itself, can carry one-hot y_i:
-  the paper replaces y_z only for augmented z; the caller builds the tensor); in the soft loss a view the teacher assigns
+  the paper replaces y_z only for augmented z; the caller builds the tensor);
+  in the soft loss a view the teacher assigns
   to a class other than the label y_i gets the teacher's probabilities as target instead of f(x_i)
   ("predicted to a different class from x_i": we compare with y_i, not with the teacher's argmax on x_i).
 * STS-B regression (Sec. 4.2): l = squared error of the scalar prediction; in the soft loss the

@@ -27,8 +27,8 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -148,8 +149,8 @@ def run_config(table: str, task: str, method: str, seed: int, cfg: TextTable, pr
               "task": task, "dataset": f"glue_{task}", "dev_source": "dev_split", "dev_pool_size": 0,
               **{k: getattr(cfg, k) for k in ("data_seed", "backbone", "pooling", "max_seq_len", "train_limit",
                                               "dev_limit", "test_limit", "batch_size", "epochs", "teacher_epochs",
-                                              "lr", "weight_decay", "warmup", "dev_every_epoch", "num_views", "mask_ratio",
-                                              "views_seed")},
+                                              "lr", "weight_decay", "warmup", "dev_every_epoch", "num_views",
+                                              "mask_ratio", "views_seed")},
               "mlm": cfg.mlm.model_dump()}
     override = cfg.settings[task]
     config.update({k: getattr(override, k) for k in override.model_fields_set})

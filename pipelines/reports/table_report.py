@@ -226,7 +226,8 @@ def borrowed_runs(spec: dict, table: str, config: dict | None, params: dict, pap
                 notes.append(f"{method} ({setting}): {source}'s runs of {source_method} (the same config; "
                              "`methods_from`)")
                 if not mine:
-                    reasons[(setting, method)] = f"none of {source}'s {len(seeds)} planned runs of {source_method} finished yet"
+                    reasons[(setting, method)] = (f"none of {source}'s {len(seeds)} planned runs of {source_method} "
+                                                  "finished yet")
                 break
             else:
                 reasons[(setting, method)] = "no table runs it with this table's config: " + "; ".join(why)

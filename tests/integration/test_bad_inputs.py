@@ -99,7 +99,8 @@ def current_hash(params_path: Path, method="base", seed=0) -> str:
 # --- 1. unknown ids on the command line ---------------------------------------------------------------
 
 @pytest.mark.parametrize("args,pattern", [
-    pytest.param(["--paper", "hu20"], r"unknown paper 'hu20'; known papers: \['hu19', 'influence', 'metaaugment', 'mmel'\]", id="paper"),
+    pytest.param(["--paper", "hu20"],
+                 r"unknown paper 'hu20'; known papers: \['hu19', 'influence', 'metaaugment', 'mmel'\]", id="paper"),
     pytest.param(["--table", "table9"], r"--table: unknown table 'table9' for hu19 profile 'smoke'; known tables",
                  id="table"),
     pytest.param(["--method", "magic"], r"no run matches setting=None method=magic seed=None; available: .*'method': "
@@ -150,13 +151,15 @@ PARAMS_CASES = [
     pytest.param(dict(mutate=lambda p: p["base"]["runner"].update(workers=0)),
                  r"base\.runner\.workers: expected >= 1, got 0", id="workers-zero"),
     pytest.param(dict(mutate=lambda p: table2(p).update(epochs="2")),
-                 r"hu19\.profiles\.smoke\.table2\.epochs: expected int, got str '2' \(a quoted number", id="epochs-string"),
+                 r"hu19\.profiles\.smoke\.table2\.epochs: expected int, got str '2' \(a quoted number",
+                 id="epochs-string"),
     pytest.param(dict(text_edit=("lr: 0.001", "lr: 1e-3")),
                  r"hu19\.profiles\.smoke\.table2\.lr: expected float, got str '1e-3' \(YAML reads 1e-3 as text: write "
                  r"0\.001-style decimals, or exponents with a dot and a signed exponent such as 1\.0e-3\)",
                  id="lr-1e-3"),
     pytest.param(dict(text_edit=("weight_decay: 0.01", "weight_decay: 5e-4")),
-                 r"table2\.weight_decay: expected float, got str '5e-4' \(YAML reads 5e-4 as text", id="weight-decay-5e-4"),
+                 r"table2\.weight_decay: expected float, got str '5e-4' \(YAML reads 5e-4 as text",
+                 id="weight-decay-5e-4"),
     pytest.param(dict(mutate=lambda p: table2(p)["weighting"].update(softmax_temp="10")),
                  r"table2\.weighting\.softmax_temp: expected float, got str '10'", id="weighting-string"),
     pytest.param(dict(mutate=lambda p: table2(p).update(methods="base")),
@@ -170,7 +173,8 @@ PARAMS_CASES = [
     pytest.param(dict(mutate=lambda p: table2(p).update(epoch=2)),
                  r"table2: unknown key\(s\) \['epoch'\]; known: \[", id="unknown-table-key"),
     pytest.param(dict(mutate=lambda p: table2(p).update(methods=["base", "magic"])),
-                 r"table2\.methods: unknown method\(s\) \['magic'\] for table2; expected a subset of", id="unknown-method"),
+                 r"table2\.methods: unknown method\(s\) \['magic'\] for table2; expected a subset of",
+                 id="unknown-method"),
     pytest.param(dict(mutate=lambda p: table2(p)["settings"].update(ratio_20={"minority": 2})),
                  r"table2\.settings: unknown setting 'ratio_20' for table2; expected one of", id="unknown-setting"),
     pytest.param(dict(mutate=lambda p: p["base"].update(profile="gpu")),
@@ -274,16 +278,19 @@ def test_truncated_npz(tmp_path):
 
 @pytest.mark.parametrize("lines,pattern", [
     pytest.param(['{"text": "a", "label": 1}', '{"text": "b", "lab'],
-                 r"train\.jsonl: line 2 is not valid JSON \(.*\); expected one object \{\"text\": str, \"label\": int\} "
+                 r"train\.jsonl: line 2 is not valid JSON \(.*\); expected one object "
+                 r"\{\"text\": str, \"label\": int\} "
                  r"per line \(corrupt or truncated file\?\)", id="jsonl-bad-line"),
     pytest.param(['{"text": "a", "label": 1}', '{"text": "b", "label": "positive"}'],
-                 r"train\.jsonl: line 2: expected an object \{\"text\": str, \"label\": int\}, got ", id="jsonl-bad-record"),
+                 r"train\.jsonl: line 2: expected an object \{\"text\": str, \"label\": int\}, got ",
+                 id="jsonl-bad-record"),
     pytest.param(None, r"train\.jsonl\.gz: cannot read past line \d+ \(EOFError", id="jsonl-gz-truncated"),
 ])
 def test_corrupt_jsonl(tmp_path, lines, pattern):
     if lines is None:
         path = tmp_path / "train.jsonl.gz"
-        blob = gzip.compress("".join(json.dumps({"text": f"t{i}", "label": i % 2}) + "\n" for i in range(2000)).encode())
+        blob = gzip.compress("".join(json.dumps({"text": f"t{i}", "label": i % 2}) + "\n"
+                                     for i in range(2000)).encode())
         path.write_bytes(blob[: len(blob) // 2])
     else:
         path = tmp_path / "train.jsonl"
@@ -385,7 +392,8 @@ def test_replace_changed_archives_the_old_result(work, capsys, fake_execute):
 
 @pytest.mark.parametrize("content,pattern", [
     pytest.param('{"paper": "hu19", "metr', r"corrupt result file \(.*\); move it away to re-run", id="corrupt-json"),
-    pytest.param('{"paper": "hu19"}', r"result file lacks keys \['table', .*\]; move it away to re-run", id="missing-keys"),
+    pytest.param('{"paper": "hu19"}', r"result file lacks keys \['table', .*\]; move it away to re-run",
+                 id="missing-keys"),
 ])
 @pytest.mark.parametrize("replace", [False, True], ids=["plain", "replace-changed"])
 def test_corrupt_result_file(work, capsys, fake_execute, content, pattern, replace):

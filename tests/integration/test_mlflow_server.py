@@ -126,7 +126,8 @@ def cells(table2_mean: float) -> dict[str, list[dict]]:
 
 def test_tracker_against_a_real_mlflow_server(server, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")      # a broken server fails fast, not in minutes
-    at_run_time = [hu19_result("table2", "not_pretrained", "ours_weight", 0, "2026-12-01T10:05:33+00:00", 738.43, 24.17),
+    at_run_time = [hu19_result("table2", "not_pretrained", "ours_weight", 0, "2026-12-01T10:05:33+00:00", 738.43,
+                               24.17),
                    hu19_result("table2", "not_pretrained", "ours_weight", 1, "2026-12-01T10:19:02+00:00", 801.5, 25.0),
                    hu19_result("table2", "not_pretrained", "base", 0, "2026-12-01T09:40:10+00:00", 455.02, 22.0)]
     only_committed = [hu19_result("table4", "ratio_20", "base", 0, "2026-11-30T23:59:59-05:00", 61.25, 30.5)]

@@ -26,8 +26,8 @@ def test_held_out_pools_come_from_the_tables_split_definitions():
 
 
 
-SMOKE_BLOCK = {"backbone": "tiny-random-bert", "datasets": ["sst5", "sst2", "trec", "imdb"], "steps": 2, "batch_size": 4, "lr": 1.0e-4, "max_seq_len": 32,
-               "seed": 0, "imdb_limit": 10}
+SMOKE_BLOCK = {"backbone": "tiny-random-bert", "datasets": ["sst5", "sst2", "trec", "imdb"], "steps": 2,
+               "batch_size": 4, "lr": 1.0e-4, "max_seq_len": 32, "seed": 0, "imdb_limit": 10}
 
 
 def run_cli(tmp_path, block: dict | None, *extra: str) -> int:
@@ -84,7 +84,8 @@ def test_mlm_build_is_bit_reproducible_and_records_its_identity(tmp_path):
                                           batch_size=4, max_seq_len=32, threads=1))
     assert reports[0]["weights_sha256"] == reports[1]["weights_sha256"] == mlm_head.mlm_weights_sha256(tmp_path / "a")
     assert reports[0]["threads"] == 1
-    assert json.loads((tmp_path / "b" / mlm_head.REPORT_NAME).read_text())["weights_sha256"] == reports[1]["weights_sha256"]
+    assert json.loads((tmp_path / "b" / mlm_head.REPORT_NAME).read_text())["weights_sha256"] == \
+        reports[1]["weights_sha256"]
 
 
 def test_repro_run_builds_the_mlm_only_when_a_text_run_needs_it(tmp_path, monkeypatch):

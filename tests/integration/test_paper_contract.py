@@ -64,4 +64,5 @@ def test_one_smoke_run_per_method_through_the_runner(paper, tmp_path, mirror):
 def test_unknown_bench_suite_is_a_clear_error(capsys):
     from pipelines.cli import main
     assert main(["bench", "--paper", "hu19", "--suite", "speed", "--profile", "smoke"]) == 2
-    assert "--suite: hu19 has no benchmark suite 'speed'; expected one of ['text', 'weighting']" in capsys.readouterr().err
+    assert "--suite: hu19 has no benchmark suite 'speed'; expected one of ['text', 'weighting']" in \
+        capsys.readouterr().err

@@ -247,7 +247,8 @@ def test_diverged_runs_are_counted_and_explained(toy, tmp_path):
     path = key.path(tmp_path / "results", "cpu")
     result = json.loads(path.read_text())
     path.unlink()
-    write_json_atomic(path, {**result, "method": "m1", "diverged": {"epoch": 4, "reason": "meta-gradient is not finite"},
+    write_json_atomic(path, {**result, "method": "m1",
+                             "diverged": {"epoch": 4, "reason": "meta-gradient is not finite"},
                              "metrics": {**result["metrics"], "phi_max": 6.2e18}})
     report.write_reports(toy, "cpu")
     text = (tmp_path / "reports" / "hu19.md").read_text()

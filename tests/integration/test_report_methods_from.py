@@ -99,11 +99,13 @@ def test_mmel_table2_scores_its_b10_rows_from_table1_runs_of_another_method_id()
         return [{**record(c, value + c["seed"]), "profile": profile}
                 for c in table_configs(params, "mmel", profile, table) if c["method"] == method]
 
-    t1 = runs("cpu", "table1", "mmel_h", 70.0) + runs("cpu", "table1", "mmel_s", 71.0) + runs("cpu", "table1", "da_uni", 1.0)
+    t1 = (runs("cpu", "table1", "mmel_h", 70.0) + runs("cpu", "table1", "mmel_s", 71.0)
+          + runs("cpu", "table1", "da_uni", 1.0))
     assert len(t1) == 15
     report = build_table(published, "table2", params, "mmel", "cpu", t1 + runs("cpu", "table2", "mmel_h_b2", 60.0))
     stats = report.ours_stats
-    assert (stats[("table2", "cifar10_resnet20", "mmel_h_b10")].n, stats[("table2", "cifar10_resnet20", "mmel_h_b10")].mean) == (3, 71.0)
+    assert (stats[("table2", "cifar10_resnet20", "mmel_h_b10")].n,
+            stats[("table2", "cifar10_resnet20", "mmel_h_b10")].mean) == (3, 71.0)
     assert stats[("table2", "cifar10_resnet20", "mmel_s_b10")].mean == 72.0
     assert stats[("table2", "cifar10_resnet20", "mmel_h_b2")].mean == 61.0
     assert ("table2", "cifar10_resnet20", "da_uni") not in stats
@@ -127,6 +129,7 @@ def test_bad_methods_from_names_the_key(tmp_path, entry, message):
              "results": {"s": {"m": {"mean": 1.0, "std": 0.1}}}}
     (tmp_path / "p").mkdir()
     (tmp_path / "p/paper_tables.yaml").write_text(yaml.safe_dump(
-        {"n": 5, "tables": {"t1": {**table, "reference": "m", "methods_from": entry}, "t2": {**table, "reference": "m"}}}))
+        {"n": 5, "tables": {"t1": {**table, "reference": "m", "methods_from": entry},
+                            "t2": {**table, "reference": "m"}}}))
     with pytest.raises(ConfigError, match=message):
         load_published("p", tmp_path)

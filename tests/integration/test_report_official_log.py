@@ -25,7 +25,8 @@ def test_hu19_official_logs_parse_with_the_logged_values():
     published = report.load_published("hu19")
     logs = {(table, setting, method): cell["official_log"]
             for table, spec in published["tables"].items() for setting, by_method in spec["results"].items()
-            for method, cell in by_method.items() if "official_log" in cell and method not in spec.get("our_variants", {})}
+            for method, cell in by_method.items()
+            if "official_log" in cell and method not in spec.get("our_variants", {})}
     assert len(logs) == 28                                     # 4 (table1) + 6 (table2) + 9 (table3) + 9 (table4)
     for key, (n, mean, std) in KNOWN_LOGS.items():
         assert (logs[key]["n"], logs[key]["mean"], logs[key]["std"]) == (n, mean, std), key

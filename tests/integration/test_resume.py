@@ -70,7 +70,8 @@ def test_dev_selection_resumes_identically(tmp_path, fail_at):
 def test_fixed_steps_resumes_identically(tmp_path):
     def go(ckpt, fail_at=None):
         train, _, model, opt = toy_problem()
-        return fit_fixed_steps(model, train, train, batch_size=8, total_steps=17, seed_generator=torch.Generator().manual_seed(1),
+        return fit_fixed_steps(model, train, train, batch_size=8, total_steps=17,
+                               seed_generator=torch.Generator().manual_seed(1),
                                step=make_step(model, opt, fail_at, [0]), stateful={"optimizer": opt}, checkpoint=ckpt)
     reference = go(None)
     ckpt = RunCheckpoint(tmp_path / "run.pt", "h")
@@ -233,7 +234,8 @@ def test_resumed_run_records_its_whole_wall_time(tmp_path, monkeypatch):
               "die_after": 1}
     ckpt = tmp_path / "ck" / "seed0.pt"
     ckpt.parent.mkdir()
-    job = Job("fake_wall_paper", config, str(tmp_path / "out" / "seed0.json"), None, 1, "sha", checkpoint_path=str(ckpt))
+    job = Job("fake_wall_paper", config, str(tmp_path / "out" / "seed0.json"), None, 1, "sha",
+              checkpoint_path=str(ckpt))
     with pytest.raises(KeyboardInterrupt):
         execute_job(job)
     record = json.loads(wall_clock_path(str(ckpt)).read_text())

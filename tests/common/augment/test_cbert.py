@@ -52,7 +52,8 @@ def test_label_embedding_replaced_unless_two_labels():
     model = LabelConditionalMLM(mlm, 5).eval()
     table = mlm.bert.embeddings.token_type_embeddings
     assert table is not pretrained and table.weight.shape == (5, 32) and mlm.config.type_vocab_size == 5
-    assert 0.01 < float(table.weight.detach().std()) < 0.03 and abs(float(table.weight.detach().mean())) < 0.01   # N(0, 0.02)
+    # N(0, 0.02)
+    assert 0.01 < float(table.weight.detach().std()) < 0.03 and abs(float(table.weight.detach().mean())) < 0.01
     assert any(p is table.weight for p in model.parameters())
     # two labels: the pretrained segment table is kept as the label embedding
     mlm2 = tiny_mlm()

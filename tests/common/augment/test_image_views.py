@@ -37,7 +37,8 @@ def test_views_match_the_reference_loop_exactly(dtype):
 
 def test_a_view_is_the_original_shifted_by_its_offset():
     images = torch.rand(2, 3, 8, 8, generator=_gen(3)) + 1.0  # no zeros inside the image
-    params = ViewParams(torch.tensor([[4, 0], [7, 2]]), torch.tensor([[4, 8], [1, 6]]), torch.zeros(2, 2, dtype=torch.bool))
+    params = ViewParams(torch.tensor([[4, 0], [7, 2]]), torch.tensor([[4, 8], [1, 6]]),
+                        torch.zeros(2, 2, dtype=torch.bool))
     views = apply_views(images, params, padding=4)
     for i in range(2):
         for j in range(2):

@@ -30,7 +30,8 @@ def test_per_class_tail_on_a_label_sorted_file():
     for cls in (0, 1, 2):
         tail = set(np.flatnonzero(SORTED == cls)[-4:].tolist())
         assert not tail & set(split["train"])
-        assert sum(1 for i in split["dev"] if SORTED[i] == cls) == 2 and {i for i in split["dev"] if SORTED[i] == cls} <= tail
+        assert (sum(1 for i in split["dev"] if SORTED[i] == cls) == 2
+                and {i for i in split["dev"] if SORTED[i] == cls} <= tail)
 
 
 def test_dev_split_indexes_the_dev_array():
@@ -74,7 +75,8 @@ def test_test_sample_is_a_fixed_stratified_subset_leaving_train_and_dev_alone():
     full = make_split(LABELS, test_labels, spec(), 7)
     sampled = make_split(LABELS, test_labels, spec(test_sample=101), 7)
     assert sampled["train"] == full["train"] and sampled["dev"] == full["dev"]
-    assert len(sampled["test"]) == 101 and len(set(sampled["test"])) == 101 and sampled["test"] == sorted(sampled["test"])
+    assert (len(sampled["test"]) == 101 and len(set(sampled["test"])) == 101
+            and sampled["test"] == sorted(sampled["test"]))
     counts = np.bincount(test_labels[sampled["test"]], minlength=3).tolist()
     assert counts == [61, 30, 10]                 # quotas 60.6 / 30.3 / 10.1: the largest remainder gets the spare
     assert make_split(LABELS, test_labels, spec(test_sample=101), 7)["test"] == sampled["test"]

@@ -139,7 +139,8 @@ def test_load_mlm_model_round_trips(tmp_path):
 
 
 def test_minilm_needs_a_trained_head_dir(tmp_path):
-    with pytest.raises(ConfigError, match=r"artifacts/mlm/all-MiniLM-L6-v2.*`repro mlm --profile cpu`.*dvc stage mlm\)"):
+    with pytest.raises(ConfigError,
+                       match=r"artifacts/mlm/all-MiniLM-L6-v2.*`repro mlm --profile cpu`.*dvc stage mlm\)"):
         load_mlm_model("all-MiniLM-L6-v2")
     with pytest.raises(ConfigError, match=rf"{tmp_path / 'nowhere'}: no trained MLM model.*repro mlm"):
         load_mlm_model("all-MiniLM-L6-v2", tmp_path / "nowhere")

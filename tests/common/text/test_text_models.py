@@ -181,6 +181,7 @@ def test_token_type_ids_default_to_segment_zero_and_reach_the_encoder():
     ids = torch.tensor([[101, 2000, 2001, 102, 2002, 2003, 102, 0]])
     types = torch.tensor([[0, 0, 0, 0, 1, 1, 1, 0]])
     with torch.no_grad():
-        plain, zeros, pair = model(ids), model(ids, token_type_ids=torch.zeros_like(ids)), model(ids, token_type_ids=types)
+        plain, zeros, pair = (model(ids), model(ids, token_type_ids=torch.zeros_like(ids)),
+                              model(ids, token_type_ids=types))
     assert torch.equal(plain, zeros)
     assert not torch.allclose(plain, pair)

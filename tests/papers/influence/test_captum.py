@@ -14,7 +14,8 @@ from torch.utils.data import TensorDataset
 from papers.influence.influence import DTYPE, LastLayerInfluence
 
 captum_influence = pytest.importorskip(
-    "captum.influence", reason="captum is not installed (pip install -e '.[test]' installs it; it needs no other torch)")
+    "captum.influence",
+    reason="captum is not installed (pip install -e '.[test]' installs it; it needs no other torch)")
 
 N, D, H, C, DAMPING = 60, 5, 8, 3, 0.01
 

@@ -164,7 +164,8 @@ def _check(model, n, indices, **kw):
     vx, vy = blobs(60, seed=1)
     out = retraining_check(model, x, y, vx, vy, indices=indices, **kw)
     print(f"\n{type(model).__name__} N={n} points={len(out['indices'])} {kw}: pearson {out['pearson']:.4f} "
-          f"spearman {out['spearman']:.4f}, {out['solve']['method']} {out['solve']['iterations']} it, residual {out['solve']['residual']:.1e}")
+          f"spearman {out['spearman']:.4f}, {out['solve']['method']} {out['solve']['iterations']} it, "
+          f"residual {out['solve']['residual']:.1e}")
     assert out["grad_inf_full"] < 1e-8 and out["grad_inf_retrained_max"] < 1e-8  # both fits at convergence
     assert len(out["predicted"]) == len(out["actual"]) == len(out["indices"])
     return out

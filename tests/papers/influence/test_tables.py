@@ -44,13 +44,15 @@ def test_paper_profile_follows_appendix_b_and_only_proposed_carries_g_and_e():
     prop = t1[("mnist_1pct", "proposed")]
     assert prop["optimizer"] == {"name": "adam", "lr": 0.01, "betas": [0.9, 0.99], "weight_decay": 0.0}
     assert prop["batch_size"] == 128 and prop["arch"] == "cnn4" and prop["dev_per_class"] * 10 == 5000
-    assert (prop["transform"]["lr"], prop["transform"]["betas"], prop["transform"]["batch_size"]) == (1e-4, [0.5, 0.9], 128)
+    assert (prop["transform"]["lr"], prop["transform"]["betas"], prop["transform"]["batch_size"]) == \
+        (1e-4, [0.5, 0.9], 128)
     assert (prop["encoder"]["lr"], prop["encoder"]["betas"], prop["encoder"]["batch_size"]) == (0.01, [0.9, 0.99], 128)
     assert prop["train_counts"] == [55] * 10 and t1[("mnist_10pct", "none")]["train_counts"] == [550] * 10
     assert "transform" not in t1[("mnist_1pct", "heuristic")] and "encoder" not in t1[("mnist_1pct", "none")]
     assert "crop_pad" not in t1[("mnist_1pct", "none")] and "heuristic_ops" in t1[("mnist_1pct", "heuristic")]
     t2 = {(c["setting"], c["method"]): c for c in table_configs(p, "influence", "paper", "table2") if c["seed"] == 0}
-    assert t2[("cifar10_100pct", "none")]["arch"] == "resnet56" and t2[("cifar10_100pct", "none")]["train_counts"] is None
+    assert (t2[("cifar10_100pct", "none")]["arch"] == "resnet56"
+            and t2[("cifar10_100pct", "none")]["train_counts"] is None)
     # per setting, proposed first: `repro prepare` meets a config that carries G's params
     assert next(c["method"] for c in table_configs(p, "influence", "paper", "table1")) == "proposed"
 
@@ -129,7 +131,8 @@ def test_retraining_command_writes_json_and_png(tmp_path, mnist_mirror, monkeypa
 
 def test_report_section_shows_g_encoder_rounds_and_retraining(tmp_path, monkeypatch):
     from papers.influence import report_sections as rs
-    published = {"tables": {"table1": {"results": {"mnist_1pct": {}}, "settings": {"mnist_1pct": {"label": "MNIST 1%"}}}}}
+    published = {"tables": {"table1": {"results": {"mnist_1pct": {}},
+                                       "settings": {"mnist_1pct": {"label": "MNIST 1%"}}}}}
     g = {"path": "mnist_abc.pt", "sha256": "f" * 64, "images": 64, "history": [{"step": 2, "disp_rms": 0.01,
                                                                                  "image_rms_change": 0.02}]}
     runs = [{"setting": "mnist_1pct", "method": "proposed", "profile": "smoke",
@@ -138,7 +141,8 @@ def test_report_section_shows_g_encoder_rounds_and_retraining(tmp_path, monkeypa
     runs.append({"setting": "mnist_1pct", "method": "none", "profile": "smoke", "metrics": {}})
     monkeypatch.setattr(rs, "RETRAINING_DIR", tmp_path)
     (tmp_path / "smoke.json").write_text(json.dumps({"classes": [1, 7], "models": {"logistic_regression": {
-        "parameters": 34, "n_points": 100, "pearson": 0.9, "spearman": 0.95, "damping": 0.0, "solve": {"iterations": 9}}}}))
+        "parameters": 34, "n_points": 100, "pearson": 0.9, "spearman": 0.95, "damping": 0.0,
+        "solve": {"iterations": 9}}}}))
     text = "\n".join(rs.report_sections("table1", runs, published))
     assert "| MNIST 1% | 1 | 1 | -0.15 | -0.45 | 1 | 2 |" in text and "G `mnist_abc.pt`" in text
     assert "| logistic_regression | 34 | 100 | 0.900 | 0.950 | 0.0 | 9 |" in text

@@ -21,7 +21,8 @@ class Interrupt(Exception):
 
 def smoke_config(method="metaaugment", table="table3", **overrides):
     p = load_params(REPO / "params.yaml")
-    config = next(c for c in table_configs(p, "metaaugment", "smoke", table) if c["method"] == method and c["seed"] == 0)
+    config = next(c for c in table_configs(p, "metaaugment", "smoke", table)
+                  if c["method"] == method and c["seed"] == 0)
     return {**config, **overrides}
 
 
@@ -31,7 +32,8 @@ def test_paper_profile_is_the_papers_protocol():
     t1 = {(c["setting"], c["method"]): c for c in table_configs(p, "metaaugment", "paper", "table1") if c["seed"] == 0}
     assert {s for s, _ in t1} == {"cifar10_wrn28_10", "cifar10_wrn40_2", "cifar100_wrn28_10", "cifar100_wrn40_2"}
     meta = t1[("cifar10_wrn28_10", "metaaugment")]
-    assert meta["dev_per_class"] * meta["num_classes"] == 1000 == t1[("cifar100_wrn28_10", "baseline")]["dev_per_class"] * 100
+    assert meta["dev_per_class"] * meta["num_classes"] == 1000 == \
+        t1[("cifar100_wrn28_10", "baseline")]["dev_per_class"] * 100
     assert meta["policy"]["eps"] == 0.1 and meta["policy"]["embedding"] and meta["policy"]["features"] == "share"
     assert "policy" not in t1[("cifar10_wrn28_10", "randaugment")]
     omni = [c for c in table_configs(p, "metaaugment", "paper", "table3") if c["seed"] == 0]
@@ -199,8 +201,8 @@ def test_report_section_shows_the_learned_distribution(tmp_path, monkeypatch):
     skewed = [[(4.0 if a == "Identity" else 1.0) for a in OPS] for _ in OPS]      # second op Identity 4x
     total = sum(map(sum, skewed))
     skewed = [[v / total for v in row] for row in skewed]
-    runs = [{"setting": "omniglot_resnet8", "method": "metaaugment", "metrics": {"sampler_probs": grid, "ops": list(OPS),
-                                                                                "alpha_final": 0.1}}
+    runs = [{"setting": "omniglot_resnet8", "method": "metaaugment",
+             "metrics": {"sampler_probs": grid, "ops": list(OPS), "alpha_final": 0.1}}
             for grid in (uniform, skewed)]
     runs.append({"setting": "omniglot_resnet8", "method": "baseline", "metrics": {"test_acc": 50.0}})
     marg = op_marginals(list(OPS), uniform)
@@ -248,7 +250,8 @@ def test_figure5_sweeps_eps_on_the_table1_recipe(mirror):
         "metaaugment_eps0": 0.0, "metaaugment_eps1": 1.0}
     for profile, source in (("cpu", "table1"), ("smoke", "table1"), ("paper", "table3")):
         theirs = [{k: v for k, v in c.items() if k != "table"} for c in table_configs(p, "metaaugment", profile, source)
-                  if c["method"] == "metaaugment" and c["setting"] in p["metaaugment"]["profiles"][profile]["figure5"]["settings"]]
+                  if c["method"] == "metaaugment"
+                  and c["setting"] in p["metaaugment"]["profiles"][profile]["figure5"]["settings"]]
         mine = [{k: v for k, v in c.items() if k != "table"}
                 for c in method_configs(p, "metaaugment", profile, "figure5", "metaaugment")]
         assert mine == theirs and mine[0]["policy"]["eps"] == 0.1, profile
@@ -274,7 +277,8 @@ def test_table2_mt_augments_every_image_four_times():
 
     p = load_params(REPO / "params.yaml")
     (mt,) = [c for c in table_configs(p, "metaaugment", "cpu", "table2") if c["seed"] == 0]
-    t5 = next(c for c in table_configs(p, "metaaugment", "cpu", "table5") if c["method"] == "metaaugment" and c["seed"] == 0)
+    t5 = next(c for c in table_configs(p, "metaaugment", "cpu", "table5")
+              if c["method"] == "metaaugment" and c["seed"] == 0)
     assert mt["policy"].pop("transforms_per_sample") == 4 and "transforms_per_sample" not in t5["policy"]
     assert {k: v for k, v in mt.items() if k not in ("table", "method")} == \
         {k: v for k, v in t5.items() if k not in ("table", "method")}

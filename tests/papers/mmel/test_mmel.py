@@ -161,7 +161,8 @@ def test_hard_loss_accepts_per_view_and_probability_labels():
     probs = F.one_hot(per_view, 5).float()
     torch.testing.assert_close(mmel_h_loss(logits, per_view).loss, mmel_h_loss(logits, probs).loss)
     shared = torch.tensor([1, 0, 4])
-    torch.testing.assert_close(view_cross_entropy(logits, shared), view_cross_entropy(logits, shared[:, None].expand(3, 4)))
+    torch.testing.assert_close(view_cross_entropy(logits, shared),
+                               view_cross_entropy(logits, shared[:, None].expand(3, 4)))
 
 
 # ----------------------------------------------------------------------------- soft loss, Eq. 8-9

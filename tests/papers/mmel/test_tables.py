@@ -41,7 +41,8 @@ def test_paper_profile_is_sec_4_1():
     configs = {(c["setting"], c["method"]): c for c in table_configs(p, "mmel", "paper", "table1") if c["seed"] == 0}
     assert len(configs) == 8 * 5
     mmel_s = configs[("cifar100_resnet56", "mmel_s")]
-    assert (mmel_s["epochs"], mmel_s["milestones"], mmel_s["lr_decay"], mmel_s["batch_size"]) == (200, [60, 120, 160], 0.2, 128)
+    assert (mmel_s["epochs"], mmel_s["milestones"], mmel_s["lr_decay"], mmel_s["batch_size"]) == \
+        (200, [60, 120, 160], 0.2, 128)
     assert mmel_s["optimizer"] == {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0005}
     assert (mmel_s["num_views"], mmel_s["lambda_p"], mmel_s["lambda_t"], mmel_s["dataset"], mmel_s["arch"]) == \
         (10, 1.0, 1.0, "cifar100", "resnet56")
@@ -232,7 +233,8 @@ PARAMS_ERRORS = [
     pytest.param(_set("table1", "lambda_p", 0), "table1.lambda_p: expected a number > 0, got 0", id="lambda_p-zero"),
     pytest.param(_set("table2", "lambda_p", -1.0), "table2.lambda_p: expected a number > 0, got -1.0",
                  id="lambda_p-negative"),
-    pytest.param(_set("table1", "lambda_t", 0.0), "table1.lambda_t: expected a number > 0, got 0.0", id="lambda_t-zero"),
+    pytest.param(_set("table1", "lambda_t", 0.0), "table1.lambda_t: expected a number > 0, got 0.0",
+                 id="lambda_t-zero"),
     pytest.param(_set("table1", "lambda_p", DROP),
                  "table1.lambda_p: missing (expected float; needed by mmel_h, mmel_s)", id="lambda_p-missing"),
     pytest.param(_set("table1", "long_factor", DROP), "table1.long_factor: missing (expected int; needed by da_long)",

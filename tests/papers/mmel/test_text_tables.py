@@ -215,7 +215,8 @@ def test_runs_from_must_name_another_table(tmp_path):
 
 def test_glue_time_rows_count_each_run_once():
     from papers.mmel.report_sections import glue_time_rows
-    spec = {"methods": {"baseline": {"label": "B"}, "mmel_h": {"label": "H"}}, "time_h": {"baseline": 2.0, "mmel_h": 3.0}}
+    spec = {"methods": {"baseline": {"label": "B"}, "mmel_h": {"label": "H"}},
+            "time_h": {"baseline": 2.0, "mmel_h": 3.0}}
     runs = []
     for seed in (0, 1):
         for task in ("cola", "stsb"):
