@@ -77,10 +77,11 @@ def cmd_status(args) -> int:
         return "?" if seconds is None else f"{seconds / 3600:.1f}"
 
     print(f"{args.paper} ({profile}): runs per cell; estimates (core-hours) from the median wall time of "
-          "finished runs of the same method")
+          "finished runs of the same method (* from its stale runs, when none of the current config has finished)")
     print(f"{'table':8} {'setting':16} {'method':18} {'done':>5} {'missing':>8} {'stale':>6} {'est. h':>7}")
     for c in cells:
-        print(f"{c.table:8} {c.setting:16} {c.method:18} {c.done:5d} {c.missing:8d} {c.stale:6d} {hours(c.est_s):>7}")
+        est = hours(c.est_s) + ("*" if c.est_from_stale else "")
+        print(f"{c.table:8} {c.setting:16} {c.method:18} {c.done:5d} {c.missing:8d} {c.stale:6d} {est:>7}")
     from common.config import table_config
     for table in _tables(args, params, profile):      # settings the profile cannot run (the report's NOT RUN rows)
         for setting, reason in (table_config(params, args.paper, profile, table).get("not_run") or {}).items():
@@ -90,8 +91,11 @@ def cmd_status(args) -> int:
         todo = sum(c.missing + c.stale for c in mine)
         known = [c.est_s for c in mine if c.est_s is not None]
         unknown = sum(c.missing + c.stale for c in mine if c.est_s is None)
+        guessed = sum(c.est_s for c in mine if c.est_from_stale)
         print(f"{table}: {sum(c.done for c in mine)} done, {todo} to run; about {hours(sum(known))} core-hours "
               f"(~{hours(sum(known) / max(workers, 1))} h on {workers} worker(s))"
+              + (f", {hours(guessed)} of them from stale runs' times (another config: a guide only)"
+                 if guessed else "")
               + (f", plus {unknown} run(s) of methods with no finished run yet" if unknown else ""))
     return 0
 

@@ -62,12 +62,14 @@ class CellStatus:
     missing: int
     stale: int                 # a result exists but with another config hash (see `repro run --replace-changed`)
     est_s: float | None        # estimated seconds (one core) for the missing and stale runs
+    est_from_stale: bool = False   # est_s comes from the stale runs' wall times (no current run finished yet)
 
 
 def grid_status(params: dict, paper: str, profile: str, tables: list[str]) -> list[CellStatus]:
     """What a grid still needs, per cell, with a time estimate: the median wall time of the finished
-    runs of the same method in the table (any setting), else None. Finished runs ran under whatever
-    load the machine had, so the estimate is rough."""
+    runs of the same method in the table (any setting); with none yet, the median of the method's
+    stale runs (flagged `est_from_stale`: another config, e.g. fewer epochs, so only a guide); else
+    None. Finished runs ran under whatever load the machine had, so the estimate is rough."""
     results = collect_results(Path(params["base"]["results_dir"]), profile, paper)
     cells = []
     for table in tables:
@@ -82,13 +84,14 @@ def grid_status(params: dict, paper: str, profile: str, tables: list[str]) -> li
                      "done" if result["config_hash"] == expected.get(key) else "stale")
             by_cell.setdefault((c["setting"], c["method"]), []).append(state)
         for (setting, method), states in by_cell.items():
-            walls = sorted(float(r["wall_s"]) for r in runs
-                           if r["method"] == method
-                           and r["config_hash"] == expected.get((r["setting"], method, r["seed"])))
+            mine = [r for r in runs if r["method"] == method]
+            current = sorted(float(r["wall_s"]) for r in mine
+                             if r["config_hash"] == expected.get((r["setting"], method, r["seed"])))
+            walls = current or sorted(float(r["wall_s"]) for r in mine)
             todo = len(states) - states.count("done")
             est = todo * walls[len(walls) // 2] if walls else (0.0 if todo == 0 else None)
             cells.append(CellStatus(table, setting, method, states.count("done"), states.count("missing"),
-                                    states.count("stale"), est))
+                                    states.count("stale"), est, est_from_stale=bool(todo and walls and not current)))
     return cells
 
 

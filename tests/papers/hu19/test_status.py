@@ -24,16 +24,21 @@ def test_status_counts_runs_and_estimates_from_finished_ones(tmp_path, capsys):
     write("base", 0, config_hash(configs[("base", 0)]), 100.0)
     write("ren", 0, config_hash(configs[("ren", 0)]), 400.0)
     write("ren", 1, "0123456789abcdef", 50.0)                   # another config: stale, not a timing sample
+    write("base_val", 0, "fedcba9876543210", 30.0)              # only stale runs: they are the guide
+    write("base_val", 1, "fedcba9876543211", 90.0)
     cells = {c.method: c for c in grid_status(params, "hu19", "smoke", ["table2"])}
     assert (cells["base"].done, cells["base"].missing, cells["base"].stale, cells["base"].est_s) == (1, 1, 0, 100.0)
     assert (cells["ren"].done, cells["ren"].missing, cells["ren"].stale, cells["ren"].est_s) == (1, 0, 1, 400.0)
+    assert not cells["ren"].est_from_stale
+    assert (cells["base_val"].stale, cells["base_val"].est_s, cells["base_val"].est_from_stale) == (2, 180.0, True)
     assert cells["ours_weight"].est_s is None and cells["ours_weight"].missing == 2
 
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))
     assert cli.main(["--params", str(params_file), "status", "--table", "table2"]) == 0
     out = capsys.readouterr().out
-    assert "table2: 2 done, 6 to run; about 0.1 core-hours" in out and "plus 4 run(s)" in out
+    assert "table2: 2 done, 6 to run; about 0.2 core-hours" in out and "plus 2 run(s)" in out
+    assert "0.1 of them from stale runs' times" in out and "   0.1*" in out
 
 
 def test_status_lists_the_settings_a_profile_cannot_run(tmp_path, capsys):
