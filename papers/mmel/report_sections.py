@@ -65,13 +65,46 @@ def glue_time_rows(spec: dict, runs: list[dict]) -> tuple[list[list[str]], list[
     return rows, tasks
 
 
+def mlm_provenance_lines(runs: list[dict]) -> list[str]:
+    """GLUE tables: which mmel MLM (weights sha256, as each result records it) made the views and teacher
+    outputs of the counted runs that train on views (all but `baseline`). One MLM: one line. Several
+    (e.g. the git-ignored artifacts rebuilt on another machine, whose float arithmetic gives other
+    weights from the same code and seed): each with its number of runs, the runs of all but the most
+    used one listed by task, method and seed."""
+    unique = {r.get("config_hash", id(r)): r for r in runs}.values()
+    by_sha: dict[str, list[dict]] = {}
+    for r in unique:                          # `baseline` trains on x_i only: no views, no MLM recorded
+        if (r.get("mlm") or {}).get("weights_sha256"):
+            by_sha.setdefault(r["mlm"]["weights_sha256"], []).append(r)
+    if not by_sha:
+        return []
+    ranked = sorted(by_sha.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    if len(ranked) == 1:
+        sha, mine = ranked[0]
+        return [f"Views and teacher outputs of all {len(mine)} counted runs with views come from one mmel MLM "
+                f"(weights sha256 `{sha[:12]}`).", ""]
+    n_runs = sum(len(v) for v in by_sha.values())
+    lines = [f"Views and teacher outputs of the {n_runs} counted runs with views come from {len(ranked)} builds "
+             "of the mmel MLM (same code, config and seed; weights sha256 differ):", ""]
+    for i, (sha, mine) in enumerate(ranked):
+        listed = "" if i == 0 else ": " + "; ".join(
+            f"{r.get('config', {}).get('task') or r['setting']} {r['method']} seed {r['seed']}"
+            for r in sorted(mine, key=lambda r: (r["setting"], r["method"], r["seed"])))
+        lines.append(f"- `{sha[:12]}`: {len(mine)} run(s){listed}")
+    return [*lines, ""]
+
+
 def report_sections(table: str, runs: list[dict], published: dict) -> list[str]:
-    """Markdown lines after Table 1's or Table 3's orderings: training time per method, paper vs ours."""
+    """Markdown lines after Table 1's or Table 3's orderings: training time per method, paper vs ours;
+    for the GLUE tables (3 and 4), which MLM made the counted runs' views."""
+    if table == "table4" and runs:
+        return mlm_provenance_lines(runs)
     if table == "table3" and runs:
         rows, tasks = glue_time_rows(published["tables"][table], runs)
         header = ["method", "paper hours (all tasks, one V100)", "paper ÷ Baseline",
                   "ours hours (runs per task)", "ours ÷ Baseline"]
-        return [f"Training time per method (our hours: per task the median run over seeds, summed over the "
+        return [*mlm_provenance_lines(runs),
+                f"Training time per method (our hours: per task the median run over seeds, summed over the "
                 f"{len(tasks)} tasks every method has run ({', '.join(tasks)}); one CPU thread per run; only the "
                 "ratios compare across hardware):", "",
                 _row(header), _row(["---"] * len(header)), *map(_row, rows), ""]

@@ -240,3 +240,22 @@ def test_glue_time_rows_ignore_a_slowed_run_and_a_seed_in_progress():
     rows, tasks = glue_time_rows(spec, runs)
     assert tasks == ["cola", "rte"]
     assert rows == [["B", "—", "—", "2.00 (≥ 3)", "1.0x"], ["H", "—", "—", "4.00 (≥ 3)", "2.0x"]]
+
+
+def test_mlm_provenance_names_the_runs_of_a_second_mlm_build():
+    """Runs whose views came from a rebuilt MLM (another weights hash) are listed by task, method and
+    seed; a run scoring two cells (dev, test) counts once; `baseline` (no views) is not counted; one MLM
+    gives one line."""
+    from papers.mmel.report_sections import mlm_provenance_lines
+    def run(task, method, seed, sha):
+        r = {"method": method, "seed": seed, "config_hash": f"{task}{method}{seed}", "config": {"task": task},
+             "mlm": {"weights_sha256": sha}}
+        return [{**r, "setting": f"dev_{task}"}, {**r, "setting": f"test_{task}"}]
+    runs = [*run("cola", "mmel_h", 0, "a" * 64), *run("cola", "mmel_h", 1, "a" * 64)]
+    assert mlm_provenance_lines(runs) == ["Views and teacher outputs of all 2 counted runs with views come from "
+                                          "one mmel MLM (weights sha256 `aaaaaaaaaaaa`).", ""]
+    runs += run("stsb", "da_uni", 2, "b" * 64)
+    runs.append({"method": "baseline", "seed": 0, "config_hash": "base", "setting": "dev_cola"})   # no views
+    lines = mlm_provenance_lines(runs)
+    assert "3 counted runs with views come from 2 builds" in lines[0]
+    assert lines[2:4] == ["- `aaaaaaaaaaaa`: 2 run(s)", "- `bbbbbbbbbbbb`: 1 run(s): stsb da_uni seed 2"]
