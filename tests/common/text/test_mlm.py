@@ -91,6 +91,15 @@ def test_train_mlm_learns_and_writes_atomically(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["mlm"]                # no temp folder left behind
 
 
+def test_train_mlm_is_bit_reproducible_on_one_machine(tmp_path):
+    """Same texts, seed and threads in one process: the same weights (their sha256, the MLM's identity
+    that views and results record); another seed: other weights."""
+    first, again = tiny_run(tmp_path / "a", steps=6), tiny_run(tmp_path / "b", steps=6)
+    assert first["weights_sha256"] == again["weights_sha256"]
+    assert (tmp_path / "a/model.safetensors").read_bytes() == (tmp_path / "b/model.safetensors").read_bytes()
+    assert tiny_run(tmp_path / "c", steps=6, seed=1)["weights_sha256"] != first["weights_sha256"]
+
+
 def test_train_mlm_refuses_to_overwrite(tmp_path):
     out = tmp_path / "mlm"
     tiny_run(out, steps=0)
