@@ -21,6 +21,7 @@ from common.config import config_hash
 from common.errors import ReproError
 from common.io import write_file_atomic, write_json_atomic
 from common.run.allocator import keep_freed_memory
+from common.run.environment import runtime_environment
 from common.run.progress import eta_text, progress_bar
 from common.run.results import RunKey, read_result
 
@@ -234,6 +235,7 @@ def execute_job(job: Job) -> dict:
         "git_sha": job.git_sha, "metrics": outcome["metrics"], "history": outcome["history"],
         "wall_s": round(prior + time.time() - start, 2), "threads": job.threads, "device": outcome.get("device", "cpu"),
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "environment": runtime_environment(),
     }
     if prior:
         result["resumed_wall_s"] = round(prior, 2)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from common.errors import ConfigError
 from common.io import publish_dir_atomic, sha256_file
+from common.run.environment import runtime_environment
 from common.text.backbones import (
     ATTN_IMPLEMENTATION,
     BERT_VOCAB_SIZE,
@@ -179,8 +180,9 @@ def train_mlm(backbone, train_texts, dev_texts, out_dir, *, steps, batch_size=32
     """Fine-tune the whole BertForMaskedLM of `backbone` with masked LM on `train_texts` for `steps` steps
     (AdamW, decay 0.01 except bias/LayerNorm, 5% linear warm-up then linear decay, clip 1.0); evaluate
     the dev loss (fixed masks) at step 0, every `log_every` steps and at the end; save the best-dev state,
-    the tokenizer and `mlm_report.json` (with `weights_sha256`, the MLM's identity) atomically to
-    `out_dir`. `steps=0` evaluates and saves as is (bert-base-uncased has its own head). Returns the report.
+    the tokenizer and `mlm_report.json` (with `weights_sha256`, the MLM's identity, and the library builds
+    and CPU it was trained on, `common.run.environment`) atomically to `out_dir`. `steps=0` evaluates
+    and saves as is (bert-base-uncased has its own head). Returns the report.
 
     Bit-reproducible on one CPU kind: `threads` intra-op threads (a CPU matmul's reduction order depends
     on the thread count: another count changes every loss at ~1e-8 from step 0 on) and deterministic
@@ -264,7 +266,8 @@ def _train_mlm(backbone, train_texts, dev_texts, out_dir: Path, *, steps, batch_
               "seed": seed, "threads": threads, "schedule": "adamw wd 0.01, 5% linear warm-up, linear decay, clip 1.0",
               "n_train_texts": len(train_texts), "n_dev_texts": len(dev_texts), "dev_loss_before": dev_loss_before,
               "dev_loss_best": best["dev_loss"], "step_best": best["step"], "history": history,
-              "fills": top_k_fills(model, tokenizer, PROBE_SENTENCES), **(report_extra or {})}
+              "fills": top_k_fills(model, tokenizer, PROBE_SENTENCES), "environment": runtime_environment(),
+              **(report_extra or {})}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

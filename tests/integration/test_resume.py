@@ -242,6 +242,8 @@ def test_resumed_run_records_its_whole_wall_time(tmp_path, monkeypatch):
     assert ckpt.read_text() == "2" and record["wall_s"] >= 0.6 and record["config_hash"] == job.config_hash
     result = execute_job(job)
     assert result["resumed_wall_s"] >= 0.6
+    from common.run.environment import runtime_environment
+    assert result["environment"] == runtime_environment()        # library builds and CPU, for tracing
     assert result["wall_s"] >= 1.2 - 1e-6 and result["wall_s"] - result["resumed_wall_s"] >= 0.6
     assert not ckpt.exists() and not wall_clock_path(str(ckpt)).exists()   # both removed with the result
     # a fresh run (no checkpoint) ignores a stray clock file

@@ -88,6 +88,7 @@ def test_train_mlm_learns_and_writes_atomically(tmp_path):
     files = {p.name for p in (tmp_path / "mlm").iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "mlm_report.json"} <= files
     assert json.loads((tmp_path / "mlm/mlm_report.json").read_text()) == report
+    assert report["environment"]["torch"] and report["environment"]["cpu_capability"]   # traced builds, CPU
     assert [p.name for p in tmp_path.iterdir()] == ["mlm"]                # no temp folder left behind
 
 
