@@ -14,6 +14,11 @@ def _row(values) -> str:
     return "| " + " | ".join(str(v) for v in values) + " |"
 
 
+def unique_runs(runs: list[dict]) -> list[dict]:
+    """One entry per run: a GLUE run scores several cells (dev, test), each a row of `runs`."""
+    return list({r.get("config_hash", id(r)): r for r in runs}.values())
+
+
 def time_rows(spec: dict, runs: list[dict]) -> list[list[str]]:
     """Table 1: per (setting, method) the paper's hours beside the median wall time of our runs."""
     walls: dict[tuple[str, str], list[float]] = {}
@@ -43,9 +48,8 @@ def glue_time_rows(spec: dict, runs: list[dict]) -> tuple[list[list[str]], list[
     the machine does not move it), summed over the tasks every shown method has run (so a seed still
     in progress does not shorten a sum). A run scores several cells (dev and test), so runs are
     counted once (by config hash). Returns the rows and the tasks summed."""
-    unique = {r.get("config_hash", id(r)): r for r in runs}.values()
     walls: dict[str, dict[str, list[float]]] = {}
-    for r in unique:
+    for r in unique_runs(runs):
         task = r.get("config", {}).get("task") or r["setting"].split("_", 1)[-1]
         walls.setdefault(r["method"], {}).setdefault(task, []).append(float(r["wall_s"]) / 3600)
     shown = [m for m in spec["methods"] if m in walls]
@@ -71,9 +75,8 @@ def mlm_provenance_lines(runs: list[dict]) -> list[str]:
     (e.g. the git-ignored artifacts rebuilt on another machine, whose float arithmetic gives other
     weights from the same code and seed): each with its number of runs, the runs of all but the most
     used one listed by task, method and seed."""
-    unique = {r.get("config_hash", id(r)): r for r in runs}.values()
     by_sha: dict[str, list[dict]] = {}
-    for r in unique:                          # `baseline` trains on x_i only: no views, no MLM recorded
+    for r in unique_runs(runs):                        # `baseline` trains on x_i only: no views, no MLM recorded
         if (r.get("mlm") or {}).get("weights_sha256"):
             by_sha.setdefault(r["mlm"]["weights_sha256"], []).append(r)
     if not by_sha:
