@@ -77,7 +77,8 @@ def cmd_status(args) -> int:
         return "?" if seconds is None else f"{seconds / 3600:.1f}"
 
     print(f"{args.paper} ({profile}): runs per cell; estimates (core-hours) from the median wall time of "
-          "finished runs of the same method (* from its stale runs, when none of the current config has finished)")
+          "finished runs of the same method (* from its stale or archived runs, when none of the current config "
+          "has finished)")
     print(f"{'table':8} {'setting':16} {'method':18} {'done':>5} {'missing':>8} {'stale':>6} {'est. h':>7}")
     for c in cells:
         est = hours(c.est_s) + ("*" if c.est_from_stale else "")
@@ -94,7 +95,7 @@ def cmd_status(args) -> int:
         guessed = sum(c.est_s for c in mine if c.est_from_stale)
         print(f"{table}: {sum(c.done for c in mine)} done, {todo} to run; about {hours(sum(known))} core-hours "
               f"(~{hours(sum(known) / max(workers, 1))} h on {workers} worker(s))"
-              + (f", {hours(guessed)} of them from stale runs' times (another config: a guide only)"
+              + (f", {hours(guessed)} of them from stale or archived runs' times (another config: a guide only)"
                  if guessed else "")
               + (f", plus {unknown} run(s) of methods with no finished run yet" if unknown else ""))
     return 0

@@ -68,9 +68,11 @@ class CellStatus:
 def grid_status(params: dict, paper: str, profile: str, tables: list[str]) -> list[CellStatus]:
     """What a grid still needs, per cell, with a time estimate: the median wall time of the finished
     runs of the same method in the table (any setting); with none yet, the median of the method's
-    stale runs (flagged `est_from_stale`: another config, e.g. fewer epochs, so only a guide); else
-    None. Finished runs ran under whatever load the machine had, so the estimate is rough."""
+    stale runs, else of its archived (superseded) runs (both flagged `est_from_stale`: another
+    config, e.g. fewer epochs, so only a guide); else None. Finished runs ran under whatever load
+    the machine had, so the estimate is rough."""
     results = collect_results(Path(params["base"]["results_dir"]), profile, paper)
+    archived = collect_results(Path(params["base"]["results_dir"]), profile, paper, archived=True)
     cells = []
     for table in tables:
         runs = [r for r in results if r["table"] == table]
@@ -87,7 +89,8 @@ def grid_status(params: dict, paper: str, profile: str, tables: list[str]) -> li
             mine = [r for r in runs if r["method"] == method]
             current = sorted(float(r["wall_s"]) for r in mine
                              if r["config_hash"] == expected.get((r["setting"], method, r["seed"])))
-            walls = current or sorted(float(r["wall_s"]) for r in mine)
+            walls = (current or sorted(float(r["wall_s"]) for r in mine)
+                     or sorted(float(r["wall_s"]) for r in archived if (r["table"], r["method"]) == (table, method)))
             todo = len(states) - states.count("done")
             est = todo * walls[len(walls) // 2] if walls else (0.0 if todo == 0 else None)
             cells.append(CellStatus(table, setting, method, states.count("done"), states.count("missing"),

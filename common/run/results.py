@@ -88,6 +88,8 @@ def made_by_dirty_code(result: dict) -> bool:
     return sha.endswith("-dirty") or sha == "unknown"
 
 
-def collect_results(results_dir: Path, profile: str, paper: str) -> list[dict]:
+def collect_results(results_dir: Path, profile: str, paper: str, archived: bool = False) -> list[dict]:
+    """The paper's current results in a profile; with `archived`, only the superseded ones instead
+    (`archive_result`: moved aside by `--replace-changed`)."""
     root = Path(results_dir) / profile / paper
-    return [read_result(p) for p in sorted(root.glob("*/*/*/seed*.json")) if ".superseded-" not in p.name]
+    return [read_result(p) for p in sorted(root.glob("*/*/*/seed*.json")) if (".superseded-" in p.name) == archived]

@@ -3,7 +3,7 @@ import yaml
 
 from common.config import config_hash, load_params
 from common.io import write_json_atomic
-from common.run.results import RunKey
+from common.run.results import RunKey, archive_result
 from pipelines import cli
 from pipelines.grid import grid_status, table_configs
 from tests.conftest import REPO
@@ -33,12 +33,19 @@ def test_status_counts_runs_and_estimates_from_finished_ones(tmp_path, capsys):
     assert (cells["base_val"].stale, cells["base_val"].est_s, cells["base_val"].est_from_stale) == (2, 180.0, True)
     assert cells["ours_weight"].est_s is None and cells["ours_weight"].missing == 2
 
+    write("ours_weight", 0, "00000000000000aa", 60.0)           # archived by --replace-changed: the last guide
+    archive_result(RunKey("hu19", "table2", "not_pretrained", "ours_weight", 0).path(tmp_path / "results", "smoke"))
+    cells = {c.method: c for c in grid_status(params, "hu19", "smoke", ["table2"])}
+    ow = cells["ours_weight"]
+    assert (ow.missing, ow.est_s, ow.est_from_stale) == (2, 120.0, True)
+    assert (cells["base"].done, cells["base"].est_s, cells["base"].est_from_stale) == (1, 100.0, False)
+
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))
     assert cli.main(["--params", str(params_file), "status", "--table", "table2"]) == 0
     out = capsys.readouterr().out
-    assert "table2: 2 done, 6 to run; about 0.2 core-hours" in out and "plus 2 run(s)" in out
-    assert "0.1 of them from stale runs' times" in out and "   0.1*" in out
+    assert "table2: 2 done, 6 to run; about 0.2 core-hours" in out and "plus" not in out
+    assert "0.1 of them from stale or archived runs' times" in out and "   0.1*" in out
 
 
 def test_status_lists_the_settings_a_profile_cannot_run(tmp_path, capsys):
