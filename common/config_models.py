@@ -78,6 +78,8 @@ class Value:
     item: Value | None = None          # lists and mappings: every item (mapping: every value)
     keys: Value | None = None          # mappings: every key
     min_len: int = 0
+    length: int | None = None          # lists: exactly this many items, described by `shape` in the message
+    shape: str | None = None
     unique: bool = False
     nonblank: bool = False
     blank_message: str = "expected a non-empty string"
@@ -113,6 +115,8 @@ class Value:
     def _items_problem(self, value) -> tuple[str, str] | None:
         if len(value) < self.min_len:
             return "", f"expected at least {self.min_len} item(s), got {value!r}"
+        if self.length is not None and len(value) != self.length:
+            return "", f"expected {self.shape or f'{self.length} item(s)'}, got {value!r}"
         if isinstance(value, dict):
             for key, item in value.items():
                 for spec, checked in ((self.keys, key), (self.item, item)):
@@ -164,6 +168,11 @@ def List(item: Value | None = None, **options) -> Any:
 
 def Mapping(item: Value | None = None, keys: Value | None = None, **options) -> Any:
     return typed(Value((dict,), item=item, keys=keys, **options), dict)
+
+
+def MinorityMajority(noun: str) -> Any:
+    """An imbalanced table's `classes`: [minority, majority], two distinct non-negative ids."""
+    return List(Value((int,), ge=0), length=2, unique=True, shape=f"[minority {noun}, majority {noun}]")
 
 
 # Common value kinds.

@@ -23,6 +23,7 @@ from common.config_models import (
     List,
     Mapping,
     MetaStep,
+    MinorityMajority,
     NonNegFloat,
     NonNegInt,
     OptionalPosInt,
@@ -165,14 +166,8 @@ class ImageTable(TableBlock):
 class ImbalancedImageTable(ImageTable):
     """table4: `classes` [minority, majority] and a `minority` count per setting."""
 
-    classes: List(Value((int,), ge=0), min_len=2, unique=True)
+    classes: MinorityMajority("class")
     settings: dict[str, ImbalancedImageSetting]
-
-    @model_validator(mode="after")
-    def _two_classes(self):
-        if len(self.classes) != 2:
-            fail("classes", f"expected [minority class, majority class], got {self.classes}")
-        return self
 
 
 IMAGE_TABLE_MODELS = {"table2": ImageTable, "table4": ImbalancedImageTable}

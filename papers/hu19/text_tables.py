@@ -32,6 +32,7 @@ from common.config_models import (
     List,
     Mapping,
     MetaStep,
+    MinorityMajority,
     NonNegFloat,
     NonNegInt,
     OptionalPosInt,
@@ -197,14 +198,8 @@ class TextTable(TableBlock):
 class ImbalancedTextTable(TextTable):
     """table3: `classes` [minority, majority] and a `minority` count per setting."""
 
-    classes: List(Value((int,), ge=0), min_len=2, unique=True)
+    classes: MinorityMajority("label")
     settings: dict[str, ImbalancedTextSetting]
-
-    @model_validator(mode="after")
-    def _two_classes(self):
-        if len(self.classes) != 2:
-            fail("classes", f"expected [minority label, majority label], got {self.classes}")
-        return self
 
 
 TEXT_TABLE_MODELS = {"table1": TextTable, "table3": ImbalancedTextTable}

@@ -40,6 +40,7 @@ def smoke(p, table):
 T2 = r"params\.yaml: hu19\.profiles\.smoke\.table2"
 T4 = r"params\.yaml: hu19\.profiles\.smoke\.table4"
 T1 = r"params\.yaml: hu19\.profiles\.smoke\.table1"
+T3 = r"params\.yaml: hu19\.profiles\.smoke\.table3"
 
 RANGE_CASES = [
     # (table, edit of the smoke params, expected error line)
@@ -100,6 +101,11 @@ RANGE_CASES = [
                  rf"{T2}: unknown key\(s\) \['classes'\]; known: \['arch', ", id="table2-classes-ignored"),
     pytest.param("table4", lambda p: smoke(p, "table4").update(classes=[0, 1, 2]),
                  rf"{T4}\.classes: expected \[minority class, majority class\], got \[0, 1, 2\]$", id="classes-three"),
+    pytest.param("table3", lambda p: smoke(p, "table3").update(classes=[1]),
+                 rf"{T3}\.classes: expected \[minority label, majority label\], got \[1\]$",
+                 id="classes-one-text"),
+    pytest.param("table4", lambda p: smoke(p, "table4").update(classes=[1, 1]),
+                 rf"{T4}\.classes: repeats \[1\]; expected distinct values$", id="classes-repeated"),
     pytest.param("table4", lambda p: smoke(p, "table4")["settings"]["ratio_20"].update(minority=0),
                  rf"{T4}\.settings\.ratio_20\.minority: expected >= 1, got 0$", id="minority-zero"),
     pytest.param("table1", lambda p: smoke(p, "table1")["augmentation"].update(n_aug_meta=0),
