@@ -91,3 +91,23 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+class Interrupt(Exception):
+    """A kill between epochs (raised from an `on_epoch` callback)."""
+
+
+def killed_and_resumed(execute, checkpoint_path: Path, **kwargs) -> tuple[list[int], list[int], dict]:
+    """Run `execute(**kwargs, checkpoint_path=...)`, killed right after its first epoch, then again from
+    the checkpoint: (epochs before the kill, epochs of the resumed run, the resumed result)."""
+    before, after = [], []
+
+    def killed(row):
+        before.append(row["epoch"])
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        execute(**kwargs, on_epoch=killed, checkpoint_path=checkpoint_path)
+    assert checkpoint_path.exists(), "no checkpoint left by the killed run"
+    resumed = execute(**kwargs, on_epoch=lambda row: after.append(row["epoch"]), checkpoint_path=checkpoint_path)
+    return before, after, resumed

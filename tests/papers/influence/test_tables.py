@@ -12,7 +12,7 @@ from common.config import load_params
 from common.errors import ConfigError
 from papers.influence import retraining, tables
 from pipelines.grid import prepare, run_tables, table_configs
-from tests.conftest import REPO
+from tests.conftest import REPO, killed_and_resumed
 
 
 @pytest.fixture
@@ -154,10 +154,6 @@ def test_report_section_shows_g_encoder_rounds_and_retraining(tmp_path, monkeypa
     assert "- row 2: downward -> agrees" in text and "influence_figure4_mnist_smoke.png" in text
 
 
-class Interrupt(Exception):
-    pass
-
-
 def test_proposed_resumes_after_a_kill_to_the_same_numbers(tmp_path, mnist_mirror):
     """Killed after epoch 1 (before the encoder round of epoch 2), resumed from its checkpoint: the same result as
     an uninterrupted run, and fitting G in the run leaves the global RNG as loading it would."""
@@ -165,12 +161,8 @@ def test_proposed_resumes_after_a_kill_to_the_same_numbers(tmp_path, mnist_mirro
     config = next(c for c in table_configs(p, "influence", "smoke", "table1") if c["method"] == "proposed")
     split = tmp_path / "splits" / "smoke" / "influence" / "table1" / "s.json"
     first = tables.execute(config, mnist_mirror, split_path=split, device="cpu")         # fits G
-    ckpt = tmp_path / "ckpt.pt"
-
-    def stop(row):
-        raise Interrupt
-    with pytest.raises(Interrupt):
-        tables.execute(config, mnist_mirror, on_epoch=stop, split_path=split, device="cpu", checkpoint_path=ckpt)
-    resumed = tables.execute(config, mnist_mirror, split_path=split, device="cpu", checkpoint_path=ckpt)
+    before, after, resumed = killed_and_resumed(tables.execute, tmp_path / "ckpt.pt", config=config,
+                                                mirror=mnist_mirror, split_path=split, device="cpu")
+    assert before == [1] and after[0] == 2, "resumed after epoch 1, not from scratch"
     assert resumed["history"] == first["history"]
     assert resumed["metrics"]["encoder_log"][0]["i_aug_last"] == first["metrics"]["encoder_log"][0]["i_aug_last"]

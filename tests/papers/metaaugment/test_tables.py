@@ -12,11 +12,7 @@ from papers.metaaugment import tables
 from papers.metaaugment.image_step import CosineSchedule, background_ops, channel_moments
 from papers.metaaugment.policy import TransformationSampler
 from pipelines.grid import run_tables, table_configs
-from tests.conftest import DROP, REPO, check_params_error, params_edit
-
-
-class Interrupt(Exception):
-    pass
+from tests.conftest import DROP, REPO, check_params_error, killed_and_resumed, params_edit
 
 
 def smoke_config(method="metaaugment", table="table3", **overrides):
@@ -106,17 +102,8 @@ def test_same_seed_same_numbers(mirror):
 def test_resume_after_a_kill_between_epochs(tmp_path, mirror):
     config = smoke_config("metaaugment")
     reference = tables.execute(config, mirror)
-    ckpt = tmp_path / "run.pt"
-    done = []
-
-    def killed_after_first_epoch(row):
-        done.append(row["epoch"])
-        raise Interrupt
-
-    with pytest.raises(Interrupt):
-        tables.execute(config, mirror, on_epoch=killed_after_first_epoch, checkpoint_path=ckpt)
-    assert done == [1] and ckpt.exists()
-    resumed = tables.execute(config, mirror, checkpoint_path=ckpt)
+    before, after, resumed = killed_and_resumed(tables.execute, tmp_path / "run.pt", config=config, mirror=mirror)
+    assert before == [1] and after == list(range(2, config["epochs"] + 1)), "resumed after epoch 1, not from scratch"
     assert resumed["metrics"] == reference["metrics"] and resumed["history"] == reference["history"]
 
 

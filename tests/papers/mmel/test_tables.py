@@ -17,11 +17,7 @@ from papers.mmel.image_step import ImageMethodStep, PixelNormalized, StepSchedul
 from papers.mmel.report_sections import report_sections
 from pipelines import cli
 from pipelines.grid import run_tables, table_configs
-from tests.conftest import DROP, REPO, check_params_error, params_edit
-
-
-class Interrupt(Exception):
-    pass
+from tests.conftest import DROP, REPO, check_params_error, killed_and_resumed, params_edit
 
 
 @pytest.fixture
@@ -176,20 +172,8 @@ def test_same_seed_same_numbers(mirror):
 def test_resume_after_a_kill_between_epochs(tmp_path, mirror, method):
     config = smoke_config(method)
     reference = tables.execute(config, mirror)
-    ckpt = tmp_path / "run.pt"
-    done = []
-
-    def killed_after_first_epoch(row):
-        done.append(row["epoch"])
-        raise Interrupt
-
-    with pytest.raises(Interrupt):
-        tables.execute(config, mirror, on_epoch=killed_after_first_epoch, checkpoint_path=ckpt)
-    assert done == [1] and ckpt.exists()
-    resumed_epochs = []
-    resumed = tables.execute(config, mirror, on_epoch=lambda row: resumed_epochs.append(row["epoch"]),
-                             checkpoint_path=ckpt)
-    assert resumed_epochs == list(range(2, config["epochs"] + 1)), "resumed after epoch 1, not from scratch"
+    before, after, resumed = killed_and_resumed(tables.execute, tmp_path / "run.pt", config=config, mirror=mirror)
+    assert before == [1] and after == list(range(2, config["epochs"] + 1)), "resumed after epoch 1, not from scratch"
     assert resumed["metrics"] == reference["metrics"] and resumed["history"] == reference["history"]
 
 
